@@ -1,0 +1,1 @@
+"""Fixtures for upstream providers: the mock upstream server."""
