@@ -1,1 +1,109 @@
-"""Fixtures for upstream providers: the mock upstream server."""
+"""Fixtures for upstream providers: the mock upstream server.
+
+`mock_upstream` starts one mock upstream per test session under uvicorn, in a background thread,
+on a free port of 127.0.0.1. Its counters and scheduled faults carry over between tests, so a
+test that reads them or schedules faults should use `fresh_mock_upstream`, which resets the mock
+first.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from providers.mock_upstream import MOCK_API_KEY, create_mock_app
+
+# Bounds on waiting for the server thread, so a broken start fails the session instead of hanging.
+SERVER_START_TIMEOUT_S = 10.0
+SERVER_STOP_TIMEOUT_S = 10.0
+CONTROL_REQUEST_TIMEOUT_S = 5.0
+# The `timeout` fault waits this long at most; tests use client timeouts well below it.
+TIMEOUT_FAULT_S = 5.0
+
+
+class MockUpstream:
+    """A running mock upstream and the calls that control it."""
+
+    def __init__(self, port: int, api_key: str) -> None:
+        self.port = port
+        self.api_key = api_key
+        self.root_url = f"http://127.0.0.1:{port}"
+        self.base_url = f"{self.root_url}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.root_url}/_mock/stats", timeout=CONTROL_REQUEST_TIMEOUT_S, trust_env=False)
+        response.raise_for_status()
+        return response.json()
+
+    def reset(self) -> None:
+        response = httpx.post(f"{self.root_url}/_mock/reset", timeout=CONTROL_REQUEST_TIMEOUT_S, trust_env=False)
+        response.raise_for_status()
+
+    def set_faults(self, faults: Iterable[str], count: int = 1) -> None:
+        """Apply `faults` to each of the next `count` chat completion requests."""
+        response = httpx.post(
+            f"{self.root_url}/_mock/faults",
+            json={"faults": list(faults), "count": count},
+            timeout=CONTROL_REQUEST_TIMEOUT_S,
+            trust_env=False,
+        )
+        response.raise_for_status()
+
+    def wait_for_stats(self, predicate, timeout_s: float = CONTROL_REQUEST_TIMEOUT_S) -> dict[str, Any]:
+        """Poll the stats until `predicate(stats)` holds, for server-side effects that lag a client."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stats = self.stats()
+            if predicate(stats) or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def mock_upstream() -> Iterator[MockUpstream]:
+    app = create_mock_app(MOCK_API_KEY, timeout_fault_s=TIMEOUT_FAULT_S)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        ws="none",
+    )
+    server = uvicorn.Server(config)
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="mock-upstream", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the mock upstream did not start; see the uvicorn log above")
+        time.sleep(0.01)
+
+    try:
+        yield MockUpstream(port, MOCK_API_KEY)
+    finally:
+        server.should_exit = True
+        thread.join(SERVER_STOP_TIMEOUT_S)
+        sock.close()
+
+
+@pytest.fixture
+def fresh_mock_upstream(mock_upstream: MockUpstream) -> MockUpstream:
+    """The session's mock upstream, with counters, recorded bodies and scheduled faults cleared."""
+    mock_upstream.reset()
+    return mock_upstream

@@ -1,0 +1,67 @@
+"""The FastAPI application: routers, error bodies and shared clients."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from marketplace.api import routes_accounts, routes_deposits, routes_market, routes_proxy
+from marketplace.api.deps import ApiKeyCache
+from marketplace.db import Database
+from marketplace.errors import ApiError, RateLimited
+from marketplace.proxy import MeteringProxy
+from marketplace.schema import upgrade_schema
+from marketplace.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def _error_response(exc: ApiError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    location = [str(part) for part in first["loc"] if part != "body"]
+    param = ".".join(location) or None
+    message = f"{param}: {first['msg']}" if param else first["msg"]
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}
+    return JSONResponse(body, status_code=400)
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    db = db or Database(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+        async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s) as client:
+            app.state.proxy = MeteringProxy(db, settings, client)
+            yield
+
+    upgrade_schema(db)
+    app = FastAPI(title="Tokenport", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.db = db
+    app.state.api_key_cache = ApiKeyCache(settings.api_key_cache_ttl_s)
+    app.state.chain_heads = {}
+
+    app.add_exception_handler(ApiError, lambda _request, exc: _error_response(exc))  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, lambda _request, exc: _validation_response(exc))  # type: ignore[arg-type]
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    for module in (routes_accounts, routes_market, routes_deposits, routes_proxy):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,74 @@
+"""The OpenAI-compatible proxy endpoints and the per-call lookup."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from marketplace.api.deps import get_db, require_api_key
+from marketplace.db import Database
+from marketplace.errors import InvalidRequest, NotFound
+from marketplace.models import Generation
+from marketplace.proxy import Caller, MeteringProxy, parse_chat_request
+
+router = APIRouter(prefix="/v1")
+
+GENERATION_HEADER = "x-tokenport-generation-id"
+
+
+async def _json_body(request: Request) -> object:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, caller: Caller = Depends(require_api_key)):
+    chat_request = parse_chat_request(await _json_body(request))
+    proxy: MeteringProxy = request.app.state.proxy
+
+    if chat_request.stream:
+        chunks, generation_id = await proxy.open_stream(caller, chat_request)
+        return StreamingResponse(
+            chunks,
+            media_type="text/event-stream",
+            headers={GENERATION_HEADER: generation_id, "cache-control": "no-cache"},
+        )
+    body, generation_id = await proxy.complete(caller, chat_request)
+    return JSONResponse(body, headers={GENERATION_HEADER: generation_id})
+
+
+def generation_view(generation: Generation) -> dict:
+    return {
+        "id": generation.id,
+        "model": generation.model,
+        "listing_id": generation.listing_id,
+        "api_key_id": generation.api_key_id,
+        "stream": generation.stream,
+        "status": generation.status,
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": generation.completion_tokens,
+        "cached_prompt_tokens": generation.cached_prompt_tokens,
+        "cache_write_tokens": generation.cache_write_tokens,
+        "reasoning_tokens": generation.reasoning_tokens,
+        "usage_estimated": generation.usage_estimated,
+        "hold_nano_usd": generation.hold_nano_usd,
+        "cost_nano_usd": generation.cost_nano_usd,
+        "latency_ms": generation.latency_ms,
+        "error": generation.error,
+        "created_at": generation.created_at.isoformat(),
+        "finished_at": generation.finished_at.isoformat() if generation.finished_at else None,
+    }
+
+
+@router.get("/generation")
+def read_generation(id: str, caller: Caller = Depends(require_api_key), db: Database = Depends(get_db)) -> dict:
+    with db.session() as session:
+        generation = session.get(Generation, id)
+        if generation is None or generation.account_id != caller.account_id:
+            raise NotFound(f"generation {id!r} not found for this account", param="id")
+        return {"data": generation_view(generation)}

@@ -1,0 +1,45 @@
+"""Request bodies of the management API. Prices are integer micro-USD per million tokens."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SignInBody(StrictBody):
+    signature: str = Field(min_length=1, max_length=200)
+    message: str | None = Field(default=None, max_length=4_000)
+    address: str | None = None
+    nonce: str | None = None
+
+
+class ApiKeyBody(StrictBody):
+    name: str = Field(default="default", min_length=1, max_length=100)
+    allowed_models: list[str] | None = Field(default=None, max_length=200)
+    spend_limit_nano_usd: int | None = Field(default=None, ge=0)
+    spend_limit_period: str | None = Field(default=None, pattern="^(day|month|total)$")
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+
+class SupplierBody(StrictBody):
+    name: str = Field(min_length=1, max_length=100)
+    payout_address: str
+
+
+class ListingBody(StrictBody):
+    model: str = Field(min_length=3, max_length=200)
+    upstream_base_url: str = Field(pattern=r"^https?://", max_length=500)
+    upstream_credential: str = Field(min_length=1, max_length=1_000)
+    upstream_model: str | None = Field(default=None, max_length=200)
+    upstream_protocol: str = "openai"
+    list_input_micro_usd_per_mtok: int = Field(ge=0, le=10**12)
+    list_output_micro_usd_per_mtok: int = Field(ge=0, le=10**12)
+    offer_input_micro_usd_per_mtok: int = Field(ge=0, le=10**12)
+    offer_output_micro_usd_per_mtok: int = Field(ge=0, le=10**12)
+    offer_cached_input_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
+    offer_cache_write_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=10_000_000)

@@ -1,0 +1,62 @@
+"""The `tokenport` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Tokenport: an open marketplace for LLM tokens, paid in stablecoins.", no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address the API listens on."),
+    port: int = typer.Option(8000, help="TCP port the API listens on."),
+    anvil_port: int = typer.Option(8545, help="TCP port of the development chain (anvil), development mode only."),
+    mock_port: int = typer.Option(9100, help="TCP port of the mock upstream, development mode only."),
+) -> None:
+    """Run the marketplace. With no TOKENPORT_CHAINS set, start the embedded development setup."""
+    from marketplace.devserver import serve_development, serve_production
+    from marketplace.settings import get_settings
+
+    logging.basicConfig(level=os.environ.get("TOKENPORT_LOG_LEVEL", "INFO"))
+    settings = get_settings()
+    if settings.chains:
+        serve_production(settings, host, port)
+    else:
+        serve_development(console, settings, host, port, anvil_port, mock_port)
+
+
+@app.command()
+def demo() -> None:
+    """Run the whole story (list, deposit, confirm, two calls, reconcile) on the embedded defaults."""
+    from marketplace.demo import DemoFailure, main
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        main(console)
+    except DemoFailure as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print("[green]demo finished: every figure matches the ledger[/green]")
+
+
+@app.command()
+def reconcile() -> None:
+    """Run the reconciliation task once and print its report as JSON."""
+    import json
+
+    from marketplace.tasks import reconcile_task
+
+    report = reconcile_task.apply().get()
+    console.print_json(json.dumps(report))
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,179 @@
+"""The money side of a metered call: open it with a hold, then settle or fail it exactly once.
+
+Each function is one database transaction. Opening writes the generation record and the hold
+together; settling posts the cost (at most the hold), releases the rest, splits the cost between
+the supplier and the platform, and finishes the generation record, all in one commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from marketplace import ledger
+from marketplace.db import Database
+from marketplace.errors import InsufficientBalance
+from marketplace.models import Generation, utcnow
+from marketplace.pricing import platform_fee_nano_usd
+from providers.usage import Usage
+
+logger = logging.getLogger(__name__)
+
+
+def hold_transfer_id(generation_id: str) -> str:
+    return f"hold:{generation_id}"
+
+
+@dataclass(frozen=True)
+class OpenedCall:
+    generation_id: str
+    hold_id: str
+    hold_nano_usd: int
+    started_at: dt.datetime
+
+
+def open_call(
+    db: Database,
+    *,
+    generation_id: str,
+    account_id: int,
+    api_key_id: int,
+    listing_id: int,
+    model: str,
+    stream: bool,
+    hold_nano_usd: int,
+    hold_ttl_s: int,
+) -> OpenedCall:
+    """Hold the call's largest possible cost. Raises InsufficientBalance and writes nothing if it does not fit."""
+    now = utcnow()
+    hold_id = hold_transfer_id(generation_id)
+    try:
+        with db.transaction() as session:
+            buyer = ledger.get_buyer_account(session, account_id)
+            clearing = ledger.get_or_create_account(session, ledger.USAGE_CLEARING, "usage_clearing")
+            session.add(
+                Generation(
+                    id=generation_id,
+                    account_id=account_id,
+                    api_key_id=api_key_id,
+                    listing_id=listing_id,
+                    model=model,
+                    stream=stream,
+                    status="pending",
+                    hold_nano_usd=hold_nano_usd,
+                    hold_transfer_id=hold_id,
+                    created_at=now,
+                )
+            )
+            session.flush()
+            ledger.place_hold(
+                session,
+                hold_id,
+                buyer,
+                clearing,
+                hold_nano_usd,
+                now + dt.timedelta(seconds=hold_ttl_s),
+                reference=generation_id,
+            )
+    except ledger.InsufficientFunds as exc:
+        raise InsufficientBalance(
+            f"balance of {exc.available_nano_usd} nano-USD does not cover this call's hold of "
+            f"{exc.requested_nano_usd} nano-USD; top up, or lower max_tokens",
+            code="insufficient_balance",
+        ) from exc
+    return OpenedCall(generation_id, hold_id, hold_nano_usd, now)
+
+
+@dataclass(frozen=True)
+class SettledCall:
+    cost_nano_usd: int
+    charged_nano_usd: int
+    balance_nano_usd: int
+
+
+def _elapsed_ms(started_at: dt.datetime, finished_at: dt.datetime) -> int:
+    return int((finished_at - started_at).total_seconds() * 1000)
+
+
+def settle_call(
+    db: Database,
+    call: OpenedCall,
+    *,
+    usage: Usage,
+    cost_nano_usd: int,
+    supplier_id: int,
+    fee_bps: int,
+    status: str,
+    error: str | None = None,
+) -> SettledCall:
+    """Charge the call's cost, capped at its hold, and credit the supplier and the platform."""
+    charged = min(cost_nano_usd, call.hold_nano_usd)
+    if charged < cost_nano_usd:
+        logger.warning(
+            "call cost exceeds its hold; charging the hold",
+            extra={"generation_id": call.generation_id, "cost_nano_usd": cost_nano_usd, "hold_nano_usd": call.hold_nano_usd},
+        )
+    fee = platform_fee_nano_usd(charged, fee_bps)
+    finished_at = utcnow()
+
+    with db.transaction() as session:
+        generation = session.get(Generation, call.generation_id, with_for_update=True)
+        assert generation is not None, f"generation {call.generation_id} was never opened"
+        ledger.post_hold(session, call.hold_id, charged)
+        clearing = ledger.get_or_create_account(session, ledger.USAGE_CLEARING, "usage_clearing")
+        supplier = ledger.get_or_create_account(session, ledger.supplier_account_name(supplier_id), "supplier_payable")
+        revenue = ledger.get_or_create_account(session, ledger.PLATFORM_REVENUE, "platform_revenue")
+        ledger.transfer(session, f"{call.generation_id}:supplier", clearing, supplier, charged - fee, "usage_supplier", reference=call.generation_id)
+        ledger.transfer(session, f"{call.generation_id}:fee", clearing, revenue, fee, "usage_fee", reference=call.generation_id)
+
+        _record_usage(generation, usage)
+        generation.cost_nano_usd = charged
+        generation.status = status
+        generation.error = error
+        generation.latency_ms = _elapsed_ms(call.started_at, finished_at)
+        generation.finished_at = finished_at
+        balance = ledger.read_balance(session, ledger.get_buyer_account(session, generation.account_id).id)
+
+    return SettledCall(cost_nano_usd, charged, balance.available_nano_usd)
+
+
+def fail_call(db: Database, call: OpenedCall, *, error: str) -> None:
+    """Release the whole hold of a call that produced nothing; the buyer pays 0."""
+    finished_at = utcnow()
+    with db.transaction() as session:
+        generation = session.get(Generation, call.generation_id, with_for_update=True)
+        assert generation is not None, f"generation {call.generation_id} was never opened"
+        ledger.void_hold(session, call.hold_id)
+        generation.status = "failed"
+        generation.error = error[:500]
+        generation.latency_ms = _elapsed_ms(call.started_at, finished_at)
+        generation.finished_at = finished_at
+
+
+def _record_usage(generation: Generation, usage: Usage) -> None:
+    generation.prompt_tokens = usage.prompt_tokens
+    generation.completion_tokens = usage.completion_tokens
+    generation.cached_prompt_tokens = usage.cached_prompt_tokens
+    generation.cache_write_tokens = usage.cache_write_tokens
+    generation.reasoning_tokens = usage.reasoning_tokens
+    generation.usage_estimated = usage.estimated
+
+
+def expire_holds(session: Session, now: dt.datetime | None = None, limit: int = 500) -> int:
+    """Release holds that outlived their call and mark their generations expired."""
+    expired = 0
+    for hold_id in ledger.find_expired_holds(session, now, limit):
+        try:
+            with session.begin_nested():
+                ledger.expire_hold(session, hold_id)
+                generation = session.get(Generation, hold_id.removeprefix("hold:"))
+                if generation is not None and generation.status == "pending":
+                    generation.status = "expired"
+                    generation.finished_at = utcnow()
+            expired += 1
+        except ledger.HoldAlreadyResolved:
+            logger.info("hold resolved before the sweep reached it", extra={"hold_id": hold_id})
+    return expired

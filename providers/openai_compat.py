@@ -1,0 +1,355 @@
+"""Adapter for upstreams that speak OpenAI's Chat Completions API.
+
+Both calls take a shared `httpx.AsyncClient`, the upstream's base URL (for example
+"http://127.0.0.1:9000/v1", to which "/chat/completions" is appended), the upstream credential,
+which is sent as `Authorization: Bearer`, and the request body as the buyer sent it. Every failure
+becomes an `UpstreamError`, and no message or log line contains the credential.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+
+from providers.errors import UpstreamError, kind_for_status, parse_retry_after, redact
+from providers.usage import InvalidUsageError, Usage, usage_from_openai
+
+logger = logging.getLogger(__name__)
+
+CHAT_COMPLETIONS_PATH = "/chat/completions"
+SSE_DONE = "[DONE]"
+# Limits on what is read from an upstream, so that a broken upstream cannot exhaust memory.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_SSE_EVENT_CHARS = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CompletionResult:
+    """A non-streaming completion: the upstream's JSON body and its reported usage, if any."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+
+
+def chat_completions_url(base_url: str) -> str:
+    return base_url.rstrip("/") + CHAT_COMPLETIONS_PATH
+
+
+async def complete(
+    client: httpx.AsyncClient,
+    base_url: str,
+    api_key: str,
+    body: Mapping[str, Any],
+    timeout_s: float,
+) -> CompletionResult:
+    """Send a non-streaming chat completion and return the parsed body and its usage.
+
+    `stream` is forced to false and `stream_options` is removed, because OpenAI rejects
+    `stream_options` without streaming. `timeout_s` is a deadline for the whole call.
+
+    Raises UpstreamError for a non-2xx status, a timeout, a connection failure, and a body that
+    is not a JSON object or whose usage is invalid (kind "bad_response").
+    """
+    url = chat_completions_url(base_url)
+    request_body = {key: value for key, value in body.items() if key != "stream_options"}
+    request_body["stream"] = False
+    upstream = _describe(url)
+    logger.debug("Sending chat completion to %s, model %r", upstream, body.get("model"))
+
+    try:
+        with anyio.fail_after(timeout_s):
+            response = await client.post(
+                url,
+                json=request_body,
+                headers=_request_headers(api_key, streaming=False),
+                timeout=httpx.Timeout(timeout_s),
+            )
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        raise _timeout_error(upstream, timeout_s) from exc
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        raise _connection_error(upstream, exc, api_key) from exc
+
+    if not response.is_success:
+        raise _status_error(response, response.content, upstream, api_key)
+
+    try:
+        data = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UpstreamError(
+            "bad_response",
+            f"upstream {upstream} returned a body that is not valid JSON: "
+            f"{redact(response.text, api_key)!r}",
+            status_code=response.status_code,
+        ) from exc
+    _check_json_object(data, upstream, api_key, status_code=response.status_code)
+
+    usage = _parse_usage(data, upstream, status_code=response.status_code)
+    return CompletionResult(body=data, usage=usage)
+
+
+async def stream(
+    client: httpx.AsyncClient,
+    base_url: str,
+    api_key: str,
+    body: Mapping[str, Any],
+    timeout_s: float,
+) -> AsyncIterator[dict[str, Any]]:
+    """Send a streaming chat completion and yield each parsed `chat.completion.chunk` object.
+
+    The request gets `stream: true` and `stream_options.include_usage: true`, so the upstream
+    ends with a chunk whose `choices` is empty and whose `usage` is set (see `usage_from_chunk`).
+    Iteration ends at `data: [DONE]`. Closing the generator early (`aclose`) closes the HTTP
+    response. `timeout_s` bounds connecting and each wait for data. It is not a deadline for
+    the whole stream, because a long answer may stream for longer than any single wait.
+
+    Raises UpstreamError on the first iteration for a non-2xx status, with Retry-After
+    parsed into `retry_after_s`. Raises UpstreamError at any point for a timeout, a connection
+    failure or a stream that ends before `data: [DONE]` (kind "connection"), a `data:` line that
+    is not a JSON object (kind "bad_response"), and an error object sent inside the stream
+    (kind "server_error").
+    """
+    url = chat_completions_url(base_url)
+    stream_options = dict(body.get("stream_options") or {})
+    stream_options["include_usage"] = True
+    request_body = {**body, "stream": True, "stream_options": stream_options}
+    upstream = _describe(url)
+    logger.debug("Opening chat completion stream to %s, model %r", upstream, body.get("model"))
+
+    try:
+        request = client.build_request(
+            "POST",
+            url,
+            json=request_body,
+            headers=_request_headers(api_key, streaming=True),
+            timeout=httpx.Timeout(timeout_s),
+        )
+        response = await client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        raise _timeout_error(upstream, timeout_s) from exc
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        raise _connection_error(upstream, exc, api_key) from exc
+
+    try:
+        if not response.is_success:
+            error_body = await _read_limited(response, upstream, timeout_s, api_key)
+            raise _status_error(response, error_body, upstream, api_key)
+
+        async with aclosing(_iter_sse_data(response, upstream, timeout_s, api_key)) as events:
+            async for data in events:
+                if data == SSE_DONE:
+                    return
+                yield _parse_chunk(data, upstream, api_key)
+
+        raise UpstreamError(
+            "connection",
+            f"upstream {upstream} closed the stream before sending data: [DONE]",
+            status_code=response.status_code,
+        )
+    finally:
+        await response.aclose()
+
+
+def usage_from_chunk(chunk: Mapping[str, Any]) -> Usage | None:
+    """Return the usage reported in a stream chunk, or None when the chunk carries none.
+
+    Raises InvalidUsageError when the chunk's `usage` is malformed.
+    """
+    usage = chunk.get("usage")
+    if usage is None:
+        return None
+    return usage_from_openai(usage)
+
+
+def _request_headers(api_key: str, *, streaming: bool) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {api_key}",
+        "Accept": "text/event-stream" if streaming else "application/json",
+    }
+
+
+def _describe(url: str) -> str:
+    """Name an upstream by scheme, host and port only, because paths and queries may hold keys."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "<invalid URL>"
+    port = f":{parsed.port}" if parsed.port is not None else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
+async def _iter_sse_data(
+    response: httpx.Response, upstream: str, timeout_s: float, api_key: str
+) -> AsyncIterator[str]:
+    """Yield the data of each server-sent event, joining multi-line data with newlines.
+
+    Comment lines (starting with ":") and the fields event, id and retry are skipped, as the
+    server-sent events format allows. Data that was not ended by a blank line before the
+    stream closed is still yielded, so a final event is not lost to a missing newline.
+    """
+    data_lines: list[str] = []
+    data_chars = 0
+    try:
+        async for line in response.aiter_lines():
+            if line == "":
+                if data_lines:
+                    yield "\n".join(data_lines)
+                    data_lines = []
+                    data_chars = 0
+                continue
+            if line.startswith(":"):
+                continue
+
+            field, _, value = line.partition(":")
+            if field != "data":
+                continue
+            if value.startswith(" "):
+                value = value[1:]
+
+            data_chars += len(value)
+            if data_chars > MAX_SSE_EVENT_CHARS:
+                raise UpstreamError(
+                    "bad_response",
+                    f"upstream {upstream} sent a server-sent event longer than "
+                    f"{MAX_SSE_EVENT_CHARS} characters",
+                    status_code=response.status_code,
+                )
+            data_lines.append(value)
+    except httpx.TimeoutException as exc:
+        raise _timeout_error(upstream, timeout_s) from exc
+    except httpx.TransportError as exc:
+        raise _connection_error(upstream, exc, api_key) from exc
+
+    if data_lines:
+        yield "\n".join(data_lines)
+
+
+def _parse_chunk(data: str, upstream: str, api_key: str) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise UpstreamError(
+            "bad_response",
+            f"upstream {upstream} sent a data: line that is not valid JSON: "
+            f"{redact(data, api_key)!r}",
+            status_code=200,
+        ) from exc
+
+    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+        raise UpstreamError(
+            "server_error",
+            f"upstream {upstream} sent an error inside the stream: "
+            f"{_error_detail(chunk, api_key)}",
+            status_code=200,
+        )
+    _check_json_object(chunk, upstream, api_key, status_code=200)
+    return chunk
+
+
+def _check_json_object(
+    data: object, upstream: str, api_key: str, *, status_code: int
+) -> None:
+    if not isinstance(data, dict):
+        raise UpstreamError(
+            "bad_response",
+            f"upstream {upstream} returned JSON that is not an object: "
+            f"{redact(json.dumps(data), api_key)!r}",
+            status_code=status_code,
+        )
+    # Some OpenAI-compatible gateways answer 200 with only an error object.
+    if "error" in data and "choices" not in data:
+        raise UpstreamError(
+            "bad_response",
+            f"upstream {upstream} returned HTTP {status_code} with an error: "
+            f"{_error_detail(data, api_key)}",
+            status_code=status_code,
+        )
+
+
+def _parse_usage(data: Mapping[str, Any], upstream: str, *, status_code: int) -> Usage | None:
+    try:
+        return usage_from_chunk(data)
+    except InvalidUsageError as exc:
+        raise UpstreamError(
+            "bad_response",
+            f"upstream {upstream} reported invalid usage: {exc}",
+            status_code=status_code,
+        ) from exc
+
+
+async def _read_limited(
+    response: httpx.Response, upstream: str, timeout_s: float, api_key: str
+) -> bytes:
+    """Read at most MAX_ERROR_BODY_BYTES of a streamed response body."""
+    body = bytearray()
+    try:
+        async for part in response.aiter_bytes():
+            body.extend(part)
+            if len(body) >= MAX_ERROR_BODY_BYTES:
+                break
+    except httpx.TimeoutException as exc:
+        raise _timeout_error(upstream, timeout_s) from exc
+    except httpx.TransportError as exc:
+        raise _connection_error(upstream, exc, api_key) from exc
+    return bytes(body[:MAX_ERROR_BODY_BYTES])
+
+
+def _status_error(
+    response: httpx.Response, body: bytes, upstream: str, api_key: str
+) -> UpstreamError:
+    detail = _error_detail_from_body(body, api_key)
+    retry_after_s = parse_retry_after(
+        response.headers.get("retry-after"), response.headers.get("retry-after-ms")
+    )
+    logger.debug(
+        "Upstream %s returned HTTP %s, retry after %s s",
+        upstream,
+        response.status_code,
+        retry_after_s,
+    )
+    return UpstreamError(
+        kind_for_status(response.status_code),
+        f"upstream {upstream} returned HTTP {response.status_code}: {detail}",
+        status_code=response.status_code,
+        retry_after_s=retry_after_s,
+    )
+
+
+def _error_detail_from_body(body: bytes, api_key: str) -> str:
+    text = body.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return redact(text, api_key) or "(empty body)"
+    if isinstance(data, dict) and "error" in data:
+        return _error_detail(data, api_key)
+    return redact(text, api_key)
+
+
+def _error_detail(data: Mapping[str, Any], api_key: str) -> str:
+    """Format OpenAI's error object ({"error": {"message", "type", "code"}}) for a message."""
+    error = data.get("error")
+    if isinstance(error, Mapping):
+        parts = [str(error.get("message") or "(no message)")]
+        for name in ("type", "code"):
+            if error.get(name) is not None:
+                parts.append(f"{name}={error[name]}")
+        return redact(", ".join(parts), api_key)
+    return redact(str(error), api_key)
+
+
+def _timeout_error(upstream: str, timeout_s: float) -> UpstreamError:
+    return UpstreamError("timeout", f"upstream {upstream} timed out after {timeout_s} s")
+
+
+def _connection_error(upstream: str, exc: Exception, api_key: str) -> UpstreamError:
+    reason = redact(str(exc), api_key) or type(exc).__name__
+    return UpstreamError(
+        "connection", f"connection to upstream {upstream} failed: {type(exc).__name__}: {reason}"
+    )

