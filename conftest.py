@@ -2,4 +2,5 @@
 pytest_plugins = [
     "tests.fixtures_chain",
     "tests.fixtures_providers",
+    "tests.fixtures_app",
 ]

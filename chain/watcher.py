@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from hexbytes import HexBytes
 from sqlalchemy.orm import Session
 from web3 import Web3
 from web3.exceptions import Web3RPCError
@@ -23,15 +22,16 @@ from marketplace.settings import ChainSettings
 
 logger = logging.getLogger(__name__)
 
-TRANSFER_TOPIC = Web3.keccak(text="Transfer(address,address,uint256)")
+TRANSFER_TOPIC = Web3.keccak(text="Transfer(address,address,uint256)").to_0x_hex()
 
 
 class RangeRejected(Exception):
     """The RPC provider rejected a block range for one block, which cannot be split further."""
 
 
-def _address_topic(address: str) -> HexBytes:
-    return HexBytes(b"\x00" * 12 + bytes.fromhex(address[2:]))
+def _address_topic(address: str) -> str:
+    # Topics are passed as hex strings: eth-tester ignores a filter given as bytes.
+    return "0x" + "00" * 12 + address[2:].lower()
 
 
 def _topic_address(topic: bytes) -> str:

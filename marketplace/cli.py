@@ -45,6 +45,31 @@ def demo() -> None:
     console.print("[green]demo finished: every figure matches the ledger[/green]")
 
 
+@app.command("setup-devchain")
+def setup_devchain(rpc_url: str = typer.Option("http://127.0.0.1:8545", help="JSON-RPC URL of a development chain started from anvil's test mnemonic.")) -> None:
+    """Deploy the test stablecoin to a running development chain and fund the demo buyer."""
+    from web3 import Web3
+
+    from chain.devchain import DEV_BUYER, DEV_TREASURY, deploy_dev_stablecoin, fund_wallet
+    from marketplace.devenv import DEMO_BUYER_FUNDING_UNITS, DEMO_ETH_FUNDING_WEI
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    token = deploy_dev_stablecoin(w3)
+    fund_wallet(w3, token, DEV_BUYER.address, DEMO_BUYER_FUNDING_UNITS, DEMO_ETH_FUNDING_WEI)
+    console.print(f"test USDC at {token.address}, treasury {DEV_TREASURY.address}, demo buyer {DEV_BUYER.address}")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations to TOKENPORT_DATABASE_URL."""
+    from marketplace.db import Database
+    from marketplace.schema import upgrade_schema
+    from marketplace.settings import get_settings
+
+    upgrade_schema(Database(get_settings().database_url))
+    console.print("database schema is up to date")
+
+
 @app.command()
 def reconcile() -> None:
     """Run the reconciliation task once and print its report as JSON."""

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from email.utils import parsedate_to_datetime
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,14 @@ class UpstreamError(Exception):
         self.message = message
         self.status_code = status_code
         self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickling replays only `args`, which would lose the keyword-only fields.
+        return (
+            type(self),
+            (self.kind, self.message),
+            {"status_code": self.status_code, "retry_after_s": self.retry_after_s},
+        )
 
     def __repr__(self) -> str:
         return (
@@ -108,8 +116,8 @@ def parse_retry_after(
     except (TypeError, ValueError, IndexError):
         return None
     if retry_at.tzinfo is None:
-        # RFC 9110 dates are always GMT, but parsedate_to_datetime returns a naive datetime
-        # for "-0000".
+        # parsedate_to_datetime returns a naive datetime for the zone "-0000", whose offset
+        # is unknown. RFC 9110 requires GMT, so such a date is treated as invalid.
         return None
     current_s = time.time() if now_s is None else now_s
     return max(0.0, retry_at.timestamp() - current_s)

@@ -27,7 +27,7 @@ completion requests. Faults from all three sources apply together:
 
 - `status_500`: HTTP 500 with an OpenAI error body.
 - `status_429`: HTTP 429 with `Retry-After: MOCK_RETRY_AFTER_S`.
-- `timeout`: waits `timeout_fault_s` before answering, or until the client disconnects.
+- `timeout`: waits `timeout_fault_s` before responding, or until the client disconnects.
 - `malformed_sse`: streams a `data:` line that is not JSON after the role chunk. A
   non-streaming request gets a 200 body that is not JSON.
 - `disconnect_after:K`: streams K content chunks (at most all of them), then drops the
@@ -83,7 +83,15 @@ FAULT_HEADER = "x-mock-fault"
 _DISCONNECT_POLL_S = 0.05
 
 _FLAG_FAULTS = frozenset(
-    {"status_500", "status_429", "timeout", "malformed_sse", "no_usage", "zero_cost_usage", "reasoning"}
+    {
+        "status_500",
+        "status_429",
+        "timeout",
+        "malformed_sse",
+        "no_usage",
+        "zero_cost_usage",
+        "reasoning",
+    }
 )
 _COUNT_FAULTS = frozenset({"disconnect_after", "cached", "chunk_delay_ms"})
 
@@ -130,7 +138,9 @@ def parse_faults(specs: Iterable[str]) -> Faults:
             values[name] = int(count_text)
         else:
             known = sorted(_FLAG_FAULTS) + sorted(f"{name}:N" for name in _COUNT_FAULTS)
-            raise InvalidFaultError(f"unknown mock fault {spec!r}; known faults: {', '.join(known)}")
+            raise InvalidFaultError(
+                f"unknown mock fault {spec!r}; known faults: {', '.join(known)}"
+            )
     return Faults(**values)
 
 
@@ -194,7 +204,7 @@ def _plan_reply(body: Mapping[str, Any], faults: Faults) -> _Reply:
 
 
 def expected_usage(body: Mapping[str, Any], faults: Iterable[str] = ()) -> Usage:
-    """Return the usage the mock reports for `body`, with faults from its model name and `faults`."""
+    """Return the usage the mock reports for `body`, with the faults of its model and `faults`."""
     _, model_faults = split_model(str(body.get("model", "")))
     return _plan_reply(body, parse_faults([*model_faults, *faults])).usage
 
@@ -239,7 +249,7 @@ class MockState:
     last_faults: deque[list[str]] = field(
         default_factory=lambda: deque(maxlen=MOCK_MAX_RECORDED_BODIES)
     )
-    # Each entry is [fault names, requests left]; the first entry is used up first.
+    # Each entry is [fault names, requests left]. Requests use up the oldest entry first.
     scheduled_faults: deque[list[Any]] = field(default_factory=deque)
 
     def take_scheduled_faults(self) -> list[str]:
@@ -330,7 +340,7 @@ def create_mock_app(
         completion_id = f"chatcmpl-mock{state.completion_ids:010d}"
         created = int(time.time())
         logger.debug(
-            "Answering %s for model %r with faults %s", completion_id, base_model, applied
+            "Responding with %s for model %r, faults %s", completion_id, base_model, applied
         )
 
         if body.get("stream") is True:
@@ -348,7 +358,12 @@ def create_mock_app(
             state.unauthorized += 1
             return denied
         data = [
-            {"id": model, "object": "model", "created": MOCK_MODEL_CREATED, "owned_by": "tokenport-mock"}
+            {
+                "id": model,
+                "object": "model",
+                "created": MOCK_MODEL_CREATED,
+                "owned_by": "tokenport-mock",
+            }
             for model in MOCK_MODELS
         ]
         return JSONResponse({"object": "list", "data": data})
@@ -393,6 +408,7 @@ def create_mock_app(
     ]
     app = Starlette(routes=routes)
     app.state.mock = state
+    # Adds a filter to the process-wide "uvicorn.error" logger, once per process.
     _quiet_deliberate_disconnects()
     return app
 
@@ -411,6 +427,7 @@ def _check_credential(request: Request, api_key: str | None) -> Response | None:
         if presented
         else "You didn't provide an API key in an Authorization: Bearer header."
     )
+    logger.info("Rejected %s %s: missing or wrong API key", request.method, request.url.path)
     return _error_response(401, message, "invalid_request_error", "invalid_api_key")
 
 
@@ -431,9 +448,11 @@ def _validate_body(body: object) -> Response | None:
 
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             return _invalid_request(f"{name} must be an integer >= 1, got {value!r}.", name)
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         return _invalid_request("The mock upstream supports only n = 1.", "n")
     return None
 
@@ -452,6 +471,7 @@ def _error_response(
 
 
 def _invalid_request(message: str, param: str | None) -> JSONResponse:
+    logger.info("Rejected an invalid request (param %s): %s", param, message)
     return _error_response(400, message, "invalid_request_error", None, param=param)
 
 
@@ -467,8 +487,10 @@ def _completion_response(
     reply: _Reply, faults: Faults, completion_id: str, created: int, model: str
 ) -> Response:
     if faults.malformed_sse:
-        return Response(b'{"id": "' + completion_id.encode() + b'", "object": "chat.compl',
-                        media_type="application/json")
+        return Response(
+            b'{"id": "' + completion_id.encode() + b'", "object": "chat.compl',
+            media_type="application/json",
+        )
 
     message: dict[str, Any] = {
         "role": "assistant",
@@ -615,20 +637,29 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m providers.mock_upstream",
         description="Run the mock OpenAI-compatible upstream.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=9000, help="TCP port to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=9000, help="TCP port to listen on (default: %(default)s)"
+    )
     parser.add_argument(
         "--api-key",
         default=MOCK_API_KEY,
-        help="bearer credential that clients must send; an empty string accepts any (default: the MOCK_API_KEY constant)",
+        help=(
+            "bearer credential that clients must send, or an empty string to accept any "
+            "(default: the MOCK_API_KEY constant)"
+        ),
     )
     parser.add_argument(
         "--timeout-fault-s",
         type=float,
         default=MOCK_TIMEOUT_FAULT_S,
-        help="seconds that the timeout fault waits before answering (default: %(default)s)",
+        help="seconds that the timeout fault waits before responding (default: %(default)s)",
     )
-    parser.add_argument("--log-level", default="warning", help="uvicorn log level (default: %(default)s)")
+    parser.add_argument(
+        "--log-level", default="warning", help="uvicorn log level (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper())

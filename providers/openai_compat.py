@@ -73,7 +73,9 @@ async def complete(
             )
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise _timeout_error(upstream, timeout_s) from exc
-    except (httpx.TransportError, httpx.InvalidURL) as exc:
+    except httpx.InvalidURL as exc:
+        raise _invalid_url_error(upstream) from exc
+    except httpx.TransportError as exc:
         raise _connection_error(upstream, exc, api_key) from exc
 
     if not response.is_success:
@@ -106,8 +108,10 @@ async def stream(
     The request gets `stream: true` and `stream_options.include_usage: true`, so the upstream
     ends with a chunk whose `choices` is empty and whose `usage` is set (see `usage_from_chunk`).
     Iteration ends at `data: [DONE]`. Closing the generator early (`aclose`) closes the HTTP
-    response. `timeout_s` bounds connecting and each wait for data. It is not a deadline for
-    the whole stream, because a long answer may stream for longer than any single wait.
+    response. Breaking out of `async for` does not close it, so wrap the generator in
+    `contextlib.aclosing` when stopping early. `timeout_s` bounds connecting and each wait for
+    data. It is not a deadline for the whole stream, because a long completion may stream for
+    longer than any single wait.
 
     Raises UpstreamError on the first iteration for a non-2xx status, with Retry-After
     parsed into `retry_after_s`. Raises UpstreamError at any point for a timeout, a connection
@@ -133,13 +137,24 @@ async def stream(
         response = await client.send(request, stream=True)
     except httpx.TimeoutException as exc:
         raise _timeout_error(upstream, timeout_s) from exc
-    except (httpx.TransportError, httpx.InvalidURL) as exc:
+    except httpx.InvalidURL as exc:
+        raise _invalid_url_error(upstream) from exc
+    except httpx.TransportError as exc:
         raise _connection_error(upstream, exc, api_key) from exc
 
     try:
         if not response.is_success:
             error_body = await _read_limited(response, upstream, timeout_s, api_key)
             raise _status_error(response, error_body, upstream, api_key)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            # The upstream ignored `stream: true` or sent an error object with a 2xx status.
+            json_body = await _read_limited(response, upstream, timeout_s, api_key)
+            raise UpstreamError(
+                "bad_response",
+                f"upstream {upstream} returned JSON instead of an event stream: "
+                f"{_error_detail_from_body(json_body, api_key)}",
+                status_code=response.status_code,
+            )
 
         async with aclosing(_iter_sse_data(response, upstream, timeout_s, api_key)) as events:
             async for data in events:
@@ -244,17 +259,14 @@ def _parse_chunk(data: str, upstream: str, api_key: str) -> dict[str, Any]:
     if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
         raise UpstreamError(
             "server_error",
-            f"upstream {upstream} sent an error inside the stream: "
-            f"{_error_detail(chunk, api_key)}",
+            f"upstream {upstream} sent an error inside the stream: {_error_detail(chunk, api_key)}",
             status_code=200,
         )
     _check_json_object(chunk, upstream, api_key, status_code=200)
     return chunk
 
 
-def _check_json_object(
-    data: object, upstream: str, api_key: str, *, status_code: int
-) -> None:
+def _check_json_object(data: object, upstream: str, api_key: str, *, status_code: int) -> None:
     if not isinstance(data, dict):
         raise UpstreamError(
             "bad_response",
@@ -262,7 +274,7 @@ def _check_json_object(
             f"{redact(json.dumps(data), api_key)!r}",
             status_code=status_code,
         )
-    # Some OpenAI-compatible gateways answer 200 with only an error object.
+    # Some OpenAI-compatible gateways return HTTP 200 with only an error object.
     if "error" in data and "choices" not in data:
         raise UpstreamError(
             "bad_response",
@@ -346,6 +358,13 @@ def _error_detail(data: Mapping[str, Any], api_key: str) -> str:
 
 def _timeout_error(upstream: str, timeout_s: float) -> UpstreamError:
     return UpstreamError("timeout", f"upstream {upstream} timed out after {timeout_s} s")
+
+
+def _invalid_url_error(upstream: str) -> UpstreamError:
+    # The URL itself stays out of the message, because its path or query may contain a key.
+    return UpstreamError(
+        "connection", f"upstream URL for {upstream} is invalid; correct the listing's base URL"
+    )
 
 
 def _connection_error(upstream: str, exc: Exception, api_key: str) -> UpstreamError:

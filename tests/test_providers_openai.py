@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from providers.errors import UpstreamError, parse_retry_after
+from providers.errors import UpstreamError
 from providers.mock_upstream import (
     MOCK_REASONING_WORDS,
     MOCK_REPLY_WORDS,
@@ -64,7 +64,9 @@ def free_port() -> int:
 async def test_complete_returns_exact_usage(client, fresh_mock_upstream) -> None:
     body = chat_body(max_tokens=5)
 
-    result = await complete(client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key, body, TIMEOUT_S)
+    result = await complete(
+        client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key, body, TIMEOUT_S
+    )
 
     assert isinstance(result, CompletionResult)
     assert result.usage == Usage(prompt_tokens=5, completion_tokens=5)
@@ -77,7 +79,9 @@ async def test_complete_returns_exact_usage(client, fresh_mock_upstream) -> None
 async def test_complete_forces_non_streaming(client, fresh_mock_upstream) -> None:
     body = chat_body(stream=True, stream_options={"include_usage": True})
 
-    result = await complete(client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key, body, TIMEOUT_S)
+    result = await complete(
+        client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key, body, TIMEOUT_S
+    )
 
     sent = fresh_mock_upstream.stats()["last_bodies"][-1]
     assert sent["stream"] is False
@@ -89,7 +93,9 @@ async def test_complete_forces_non_streaming(client, fresh_mock_upstream) -> Non
 async def test_complete_cached_and_reasoning(client, fresh_mock_upstream) -> None:
     body = chat_body(model="mock-1+reasoning+cached:3")
 
-    result = await complete(client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key, body, TIMEOUT_S)
+    result = await complete(
+        client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key, body, TIMEOUT_S
+    )
 
     assert result.usage == Usage(
         prompt_tokens=5,
@@ -106,8 +112,11 @@ async def test_complete_ignores_cost(client, fresh_mock_upstream) -> None:
     body = chat_body(max_tokens=3)
 
     result = await complete(
-        client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key,
-        {**body, "model": "mock-1+zero_cost_usage"}, TIMEOUT_S,
+        client,
+        fresh_mock_upstream.base_url,
+        fresh_mock_upstream.api_key,
+        {**body, "model": "mock-1+zero_cost_usage"},
+        TIMEOUT_S,
     )
 
     assert result.body["usage"]["cost"] == 0
@@ -116,8 +125,11 @@ async def test_complete_ignores_cost(client, fresh_mock_upstream) -> None:
 
 async def test_complete_without_usage(client, fresh_mock_upstream) -> None:
     result = await complete(
-        client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key,
-        chat_body(model="mock-1+no_usage"), TIMEOUT_S,
+        client,
+        fresh_mock_upstream.base_url,
+        fresh_mock_upstream.api_key,
+        chat_body(model="mock-1+no_usage"),
+        TIMEOUT_S,
     )
 
     assert result.usage is None
@@ -139,7 +151,13 @@ async def test_complete_fault_kinds(
     fresh_mock_upstream.set_faults([fault])
 
     with pytest.raises(UpstreamError) as caught:
-        await complete(client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key, chat_body(), TIMEOUT_S)
+        await complete(
+            client,
+            fresh_mock_upstream.base_url,
+            fresh_mock_upstream.api_key,
+            chat_body(),
+            TIMEOUT_S,
+        )
 
     assert caught.value.kind == kind
     assert caught.value.status_code == status_code
@@ -150,8 +168,11 @@ async def test_complete_fault_kinds(
 async def test_complete_timeout(client, fresh_mock_upstream) -> None:
     with pytest.raises(UpstreamError) as caught:
         await complete(
-            client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key,
-            chat_body(model="mock-1+timeout"), SHORT_TIMEOUT_S,
+            client,
+            fresh_mock_upstream.base_url,
+            fresh_mock_upstream.api_key,
+            chat_body(model="mock-1+timeout"),
+            SHORT_TIMEOUT_S,
         )
 
     assert caught.value.kind == "timeout"
@@ -191,7 +212,13 @@ async def test_complete_sends_bearer_credential(fresh_mock_upstream) -> None:
         seen.append(request)
 
     async with httpx.AsyncClient(trust_env=False, event_hooks={"request": [record]}) as client:
-        await complete(client, fresh_mock_upstream.base_url + "/", fresh_mock_upstream.api_key, chat_body(), TIMEOUT_S)
+        await complete(
+            client,
+            fresh_mock_upstream.base_url + "/",
+            fresh_mock_upstream.api_key,
+            chat_body(),
+            TIMEOUT_S,
+        )
 
     assert seen[0].headers["authorization"] == f"Bearer {fresh_mock_upstream.api_key}"
     assert seen[0].url.path == "/v1/chat/completions"
@@ -211,7 +238,12 @@ async def test_stream_chunk_order_and_usage(client, fresh_mock_upstream) -> None
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     content_chunks = chunks[1:7]
     assert [chunk["choices"][0]["delta"]["content"] for chunk in content_chunks] == [
-        "This", " is", " the", " Tokenport", " mock", " upstream",
+        "This",
+        " is",
+        " the",
+        " Tokenport",
+        " mock",
+        " upstream",
     ]
     assert chunks[7]["choices"][0]["delta"] == {}
     assert chunks[7]["choices"][0]["finish_reason"] == "length"
@@ -226,7 +258,9 @@ async def test_stream_chunk_order_and_usage(client, fresh_mock_upstream) -> None
 async def test_stream_requests_usage(client, fresh_mock_upstream) -> None:
     body = chat_body(stream_options={"include_usage": False})
 
-    await collect(stream(client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key, body, TIMEOUT_S))
+    await collect(
+        stream(client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key, body, TIMEOUT_S)
+    )
 
     sent = fresh_mock_upstream.stats()["last_bodies"][-1]
     assert sent["stream"] is True
@@ -253,8 +287,11 @@ async def test_stream_reasoning_and_cached(client, fresh_mock_upstream) -> None:
 async def test_stream_without_usage(client, fresh_mock_upstream) -> None:
     chunks = await collect(
         stream(
-            client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key,
-            chat_body(model="mock-1+no_usage"), TIMEOUT_S,
+            client,
+            fresh_mock_upstream.base_url,
+            fresh_mock_upstream.api_key,
+            chat_body(model="mock-1+no_usage"),
+            TIMEOUT_S,
         )
     )
 
@@ -265,8 +302,11 @@ async def test_stream_without_usage(client, fresh_mock_upstream) -> None:
 async def test_stream_ignores_cost(client, fresh_mock_upstream) -> None:
     chunks = await collect(
         stream(
-            client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key,
-            chat_body(model="mock-1+zero_cost_usage", max_tokens=2), TIMEOUT_S,
+            client,
+            fresh_mock_upstream.base_url,
+            fresh_mock_upstream.api_key,
+            chat_body(model="mock-1+zero_cost_usage", max_tokens=2),
+            TIMEOUT_S,
         )
     )
 
@@ -285,8 +325,11 @@ async def test_stream_status_error_before_first_chunk(
     client, fresh_mock_upstream, fault, kind, status_code, retry_after_s
 ) -> None:
     chunks = stream(
-        client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key,
-        chat_body(model=f"mock-1+{fault}"), TIMEOUT_S,
+        client,
+        fresh_mock_upstream.base_url,
+        fresh_mock_upstream.api_key,
+        chat_body(model=f"mock-1+{fault}"),
+        TIMEOUT_S,
     )
 
     with pytest.raises(UpstreamError) as caught:
@@ -299,8 +342,11 @@ async def test_stream_status_error_before_first_chunk(
 
 async def test_stream_timeout(client, fresh_mock_upstream) -> None:
     chunks = stream(
-        client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key,
-        chat_body(model="mock-1+timeout"), SHORT_TIMEOUT_S,
+        client,
+        fresh_mock_upstream.base_url,
+        fresh_mock_upstream.api_key,
+        chat_body(model="mock-1+timeout"),
+        SHORT_TIMEOUT_S,
     )
 
     with pytest.raises(UpstreamError) as caught:
@@ -314,8 +360,11 @@ async def test_stream_malformed_line(client, fresh_mock_upstream) -> None:
 
     with pytest.raises(UpstreamError) as caught:
         async for chunk in stream(
-            client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key,
-            chat_body(model="mock-1+malformed_sse"), TIMEOUT_S,
+            client,
+            fresh_mock_upstream.base_url,
+            fresh_mock_upstream.api_key,
+            chat_body(model="mock-1+malformed_sse"),
+            TIMEOUT_S,
         ):
             received.append(chunk)
 
@@ -330,8 +379,11 @@ async def test_stream_disconnect_mid_stream(client, fresh_mock_upstream) -> None
 
     with pytest.raises(UpstreamError) as caught:
         async for chunk in stream(
-            client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key,
-            chat_body(model="mock-1+disconnect_after:3"), TIMEOUT_S,
+            client,
+            fresh_mock_upstream.base_url,
+            fresh_mock_upstream.api_key,
+            chat_body(model="mock-1+disconnect_after:3"),
+            TIMEOUT_S,
         ):
             received.append(chunk)
 
@@ -369,8 +421,11 @@ async def test_stream_early_aclose_closes_response(fresh_mock_upstream) -> None:
     async with httpx.AsyncClient(trust_env=False, event_hooks={"response": [record]}) as client:
         # A 50 ms pause before each content chunk keeps the upstream mid-stream when we close.
         chunks = stream(
-            client, fresh_mock_upstream.base_url, fresh_mock_upstream.api_key,
-            chat_body(model="mock-1+chunk_delay_ms:50"), TIMEOUT_S,
+            client,
+            fresh_mock_upstream.base_url,
+            fresh_mock_upstream.api_key,
+            chat_body(model="mock-1+chunk_delay_ms:50"),
+            TIMEOUT_S,
         )
         first = await anext(chunks)
         assert responses[0].is_closed is False
@@ -398,7 +453,7 @@ def sse_response(body: bytes, status_code: int = 200, **headers: str) -> httpx.R
     )
 
 
-async def test_stream_skips_comments_and_joins_data_lines() -> None:
+async def test_stream_sse_comments_and_multiline_data() -> None:
     body = (
         b": keep-alive comment\r\n\r\n"
         b"event: message\r\nid: 1\r\n"
@@ -408,17 +463,21 @@ async def test_stream_skips_comments_and_joins_data_lines() -> None:
     )
 
     async with transport_client(lambda request: sse_response(body)) as client:
-        chunks = await collect(stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S))
+        chunks = await collect(
+            stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S)
+        )
 
     assert chunks == [{"id": "a", "choices": []}]
 
 
-async def test_stream_without_done_is_connection_error() -> None:
+async def test_stream_missing_done_is_connection() -> None:
     body = b'data: {"id": "a", "choices": []}\n\n'
 
     async with transport_client(lambda request: sse_response(body)) as client:
         with pytest.raises(UpstreamError) as caught:
-            await collect(stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S))
+            await collect(
+                stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S)
+            )
 
     assert caught.value.kind == "connection"
     assert "before sending data: [DONE]" in caught.value.message
@@ -429,7 +488,9 @@ async def test_stream_error_object_inside_stream() -> None:
 
     async with transport_client(lambda request: sse_response(body)) as client:
         with pytest.raises(UpstreamError) as caught:
-            await collect(stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S))
+            await collect(
+                stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S)
+            )
 
     assert caught.value.kind == "server_error"
     assert "overloaded [REDACTED], type=server_error" in caught.value.message
@@ -440,7 +501,9 @@ async def test_stream_non_object_chunk() -> None:
 
     async with transport_client(lambda request: sse_response(body)) as client:
         with pytest.raises(UpstreamError) as caught:
-            await collect(stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S))
+            await collect(
+                stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S)
+            )
 
     assert caught.value.kind == "bad_response"
 
@@ -448,17 +511,36 @@ async def test_stream_non_object_chunk() -> None:
 async def test_stream_retry_after_ms_preferred() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
-            429, json={"error": {"message": "slow down"}},
+            429,
+            json={"error": {"message": "slow down"}},
             headers={"retry-after": "2", "retry-after-ms": "1500"},
         )
 
     async with transport_client(handler) as client:
         with pytest.raises(UpstreamError) as caught:
-            await anext(stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S))
+            await anext(
+                stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S)
+            )
 
     assert caught.value.kind == "rate_limited"
     assert caught.value.retry_after_s == 1.5
     assert "slow down" in caught.value.message
+
+
+async def test_stream_json_instead_of_sse() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"error": {"message": "streaming disabled"}})
+
+    async with transport_client(handler) as client:
+        with pytest.raises(UpstreamError) as caught:
+            await anext(
+                stream(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S)
+            )
+
+    assert caught.value.kind == "bad_response"
+    assert caught.value.message == (
+        "upstream http://upstream.test returned JSON instead of an event stream: streaming disabled"
+    )
 
 
 async def test_complete_error_body_with_200() -> None:
@@ -499,38 +581,21 @@ async def test_complete_redirect_is_bad_response() -> None:
     assert caught.value.status_code == 302
 
 
-async def test_error_message_hides_url_path_and_query() -> None:
+async def test_error_message_hides_url_query() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503, text="unavailable")
 
     async with transport_client(handler) as client:
         with pytest.raises(UpstreamError) as caught:
-            await complete(client, "http://upstream.test:8443/v1beta?key=secret-in-query", "sk-test", chat_body(), TIMEOUT_S)
+            await complete(
+                client,
+                "http://upstream.test:8443/v1beta?key=secret-in-query",
+                "sk-test",
+                chat_body(),
+                TIMEOUT_S,
+            )
 
     assert caught.value.kind == "server_error"
-    assert caught.value.message == "upstream http://upstream.test:8443 returned HTTP 503: unavailable"
-
-
-# Retry-After parsing.
-
-
-@pytest.mark.parametrize(
-    ("retry_after", "retry_after_ms", "expected"),
-    [
-        ("7", None, 7.0),
-        (" 2.5 ", None, 2.5),
-        ("Wed, 21 Oct 2015 07:28:10 GMT", None, 10.0),
-        ("Wed, 21 Oct 2015 07:27:00 GMT", None, 0.0),
-        ("-1", None, None),
-        ("soon", None, None),
-        ("nan", None, None),
-        (None, None, None),
-        ("7", "250", 0.25),
-        ("7", "bad", 7.0),
-    ],
-)
-def test_parse_retry_after(retry_after, retry_after_ms, expected) -> None:
-    # 2015-10-21 07:28:00 UTC
-    now_s = 1445412480.0
-
-    assert parse_retry_after(retry_after, retry_after_ms, now_s=now_s) == expected
+    assert (
+        caught.value.message == "upstream http://upstream.test:8443 returned HTTP 503: unavailable"
+    )

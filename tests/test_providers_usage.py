@@ -76,7 +76,7 @@ def test_usage_from_openai_deepseek_cache_hits() -> None:
     assert usage.cached_prompt_tokens == 64
 
 
-def test_usage_from_openai_details_win_over_deepseek_field() -> None:
+def test_cached_details_beat_deepseek_field() -> None:
     usage = usage_from_openai(
         {
             "prompt_tokens": 100,
@@ -93,9 +93,16 @@ def test_usage_from_openai_details_win_over_deepseek_field() -> None:
     ("usage", "message"),
     [
         ({"prompt_tokens": -1, "completion_tokens": 0}, "usage.prompt_tokens must not be negative"),
-        ({"prompt_tokens": 1, "completion_tokens": -5}, "usage.completion_tokens must not be negative"),
         (
-            {"prompt_tokens": 1, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": -1}},
+            {"prompt_tokens": 1, "completion_tokens": -5},
+            "usage.completion_tokens must not be negative",
+        ),
+        (
+            {
+                "prompt_tokens": 1,
+                "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": -1},
+            },
             "usage.prompt_tokens_details.cached_tokens must not be negative",
         ),
         (
@@ -117,11 +124,19 @@ def test_usage_from_openai_details_win_over_deepseek_field() -> None:
             "usage.prompt_tokens_details must be a JSON object",
         ),
         (
-            {"prompt_tokens": 4, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 5}},
+            {
+                "prompt_tokens": 4,
+                "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": 5},
+            },
             r"cached_prompt_tokens \(5\) plus cache_write_tokens \(0\) exceed prompt_tokens \(4\)",
         ),
         (
-            {"prompt_tokens": 4, "completion_tokens": 1, "completion_tokens_details": {"reasoning_tokens": 2}},
+            {
+                "prompt_tokens": 4,
+                "completion_tokens": 1,
+                "completion_tokens_details": {"reasoning_tokens": 2},
+            },
             r"reasoning_tokens \(2\) exceed completion_tokens \(1\)",
         ),
     ],
