@@ -53,9 +53,11 @@ async def complete(
 
     `stream` is forced to false and `stream_options` is removed, because OpenAI rejects
     `stream_options` without streaming. `timeout_s` is a deadline for the whole call.
+    `usage` is None when the body has no usage or an invalid one (logged as a warning), so the
+    caller counts tokens locally in both cases. The body is returned unchanged either way.
 
     Raises UpstreamError for a non-2xx status, a timeout, a connection failure, and a body that
-    is not a JSON object or whose usage is invalid (kind "bad_response").
+    is not a JSON object or contains only an error object (kind "bad_response").
     """
     url = chat_completions_url(base_url)
     request_body = {key: value for key, value in body.items() if key != "stream_options"}
@@ -92,7 +94,11 @@ async def complete(
         ) from exc
     _check_json_object(data, upstream, api_key, status_code=response.status_code)
 
-    usage = _parse_usage(data, upstream, status_code=response.status_code)
+    try:
+        usage = usage_from_chunk(data)
+    except InvalidUsageError as exc:
+        logger.warning("Upstream %s reported invalid usage, ignoring it: %s", upstream, exc)
+        usage = None
     return CompletionResult(body=data, usage=usage)
 
 
@@ -114,10 +120,10 @@ async def stream(
     longer than any single wait.
 
     Raises UpstreamError on the first iteration for a non-2xx status, with Retry-After
-    parsed into `retry_after_s`. Raises UpstreamError at any point for a timeout, a connection
-    failure or a stream that ends before `data: [DONE]` (kind "connection"), a `data:` line that
-    is not a JSON object (kind "bad_response"), and an error object sent inside the stream
-    (kind "server_error").
+    parsed into `retry_after_s`. At any point it raises UpstreamError of kind "timeout" or
+    "connection" when the upstream is too slow, the connection fails, or the stream ends before
+    `data: [DONE]`. A `data:` line that is not a JSON object raises kind "bad_response", and an
+    error object sent inside the stream raises kind "server_error".
     """
     url = chat_completions_url(base_url)
     stream_options = dict(body.get("stream_options") or {})
@@ -282,17 +288,6 @@ def _check_json_object(data: object, upstream: str, api_key: str, *, status_code
             f"{_error_detail(data, api_key)}",
             status_code=status_code,
         )
-
-
-def _parse_usage(data: Mapping[str, Any], upstream: str, *, status_code: int) -> Usage | None:
-    try:
-        return usage_from_chunk(data)
-    except InvalidUsageError as exc:
-        raise UpstreamError(
-            "bad_response",
-            f"upstream {upstream} reported invalid usage: {exc}",
-            status_code=status_code,
-        ) from exc
 
 
 async def _read_limited(

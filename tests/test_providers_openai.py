@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -555,18 +556,22 @@ async def test_complete_error_body_with_200() -> None:
     assert "quota exhausted, code=quota" in caught.value.message
 
 
-async def test_complete_invalid_usage_is_bad_response() -> None:
+async def test_complete_invalid_usage_is_none(caplog) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
             200, json={"choices": [], "usage": {"prompt_tokens": -3, "completion_tokens": 1}}
         )
 
     async with transport_client(handler) as client:
-        with pytest.raises(UpstreamError) as caught:
-            await complete(client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S)
+        with caplog.at_level(logging.WARNING, logger="providers.openai_compat"):
+            result = await complete(
+                client, "http://upstream.test/v1", "sk-test", chat_body(), TIMEOUT_S
+            )
 
-    assert caught.value.kind == "bad_response"
-    assert "usage.prompt_tokens must not be negative" in caught.value.message
+    assert result.usage is None
+    assert result.body["usage"] == {"prompt_tokens": -3, "completion_tokens": 1}
+    assert "usage.prompt_tokens must not be negative" in caplog.text
+    assert "sk-test" not in caplog.text
 
 
 async def test_complete_redirect_is_bad_response() -> None:

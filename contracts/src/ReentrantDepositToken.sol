@@ -25,16 +25,10 @@ contract ReentrantDepositToken is ERC20, Ownable {
     }
 
     /// @notice Makes every later `transferFrom` call `vault.deposit(this, 1, accountRef)` first.
-    /// The nested deposit pulls from this token contract, so mint it a balance and approve the
-    /// vault from it with `approveFromToken`.
+    /// Pass the zero address as `vault` to disarm it.
     function arm(address vault, bytes32 accountRef) external onlyOwner {
         reentryVault = vault;
         reentryAccountRef = accountRef;
-    }
-
-    /// @notice Sets this contract's own allowance for `spender`, so the nested deposit could pay.
-    function approveFromToken(address spender, uint256 value) external onlyOwner {
-        _approve(address(this), spender, value);
     }
 
     function transferFrom(address from, address to, uint256 value) public override returns (bool) {

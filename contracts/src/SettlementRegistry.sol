@@ -162,11 +162,12 @@ contract SettlementRegistry {
         private
         view
     {
-        if (periodId <= previousId) {
-            revert PeriodAlreadyCommitted(periodId);
-        }
-        if (periodId != previousId + 1) {
-            revert PeriodIdNotNext(periodId, previousId + 1);
+        uint64 expectedId = previousId + 1;
+        if (periodId != expectedId) {
+            if (periodId != 0 && periodId <= previousId) {
+                revert PeriodAlreadyCommitted(periodId);
+            }
+            revert PeriodIdNotNext(periodId, expectedId);
         }
         if (previousId != 0) {
             uint64 previousEnd = _periods[previousId].toTimestamp;

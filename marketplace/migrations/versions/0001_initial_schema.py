@@ -2,7 +2,6 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-04 20:06:31.960261
 """
 
 from __future__ import annotations
