@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from marketplace import ledger
+from marketplace import ledger, spend
 from marketplace.db import Database
 from marketplace.errors import InsufficientBalance
 from marketplace.models import Generation, utcnow
@@ -46,12 +46,21 @@ def open_call(
     stream: bool,
     hold_nano_usd: int,
     hold_ttl_s: int,
+    spend_limit_nano_usd: int | None = None,
+    spend_limit_period: str | None = None,
 ) -> OpenedCall:
-    """Hold the call's largest possible cost. Raises InsufficientBalance and writes nothing if it does not fit."""
+    """Hold the call's largest possible cost against the balance and the key's spend limit.
+
+    Raises RateLimited when the spend limit cannot take the hold and InsufficientBalance when
+    the balance cannot, and then writes nothing.
+    """
     now = utcnow()
     hold_id = hold_transfer_id(generation_id)
+    period = spend.period_for(spend_limit_period, now) if spend_limit_nano_usd is not None and spend_limit_period else None
     try:
         with db.transaction() as session:
+            if period is not None:
+                spend.reserve(session, api_key_id, period, spend_limit_nano_usd, hold_nano_usd)
             buyer = ledger.get_buyer_account(session, account_id)
             clearing = ledger.get_or_create_account(session, ledger.USAGE_CLEARING, "usage_clearing")
             session.add(
@@ -65,6 +74,7 @@ def open_call(
                     status="pending",
                     hold_nano_usd=hold_nano_usd,
                     hold_transfer_id=hold_id,
+                    spend_period=period,
                     created_at=now,
                 )
             )
@@ -129,6 +139,7 @@ def settle_call(
         ledger.transfer(session, f"{call.generation_id}:supplier", clearing, supplier, charged - fee, "usage_supplier", reference=call.generation_id)
         ledger.transfer(session, f"{call.generation_id}:fee", clearing, revenue, fee, "usage_fee", reference=call.generation_id)
 
+        _release_spend(session, generation, charged)
         _record_usage(generation, usage)
         generation.cost_nano_usd = charged
         generation.status = status
@@ -147,10 +158,16 @@ def fail_call(db: Database, call: OpenedCall, *, error: str) -> None:
         generation = session.get(Generation, call.generation_id, with_for_update=True)
         assert generation is not None, f"generation {call.generation_id} was never opened"
         ledger.void_hold(session, call.hold_id)
+        _release_spend(session, generation, 0)
         generation.status = "failed"
         generation.error = error[:500]
         generation.latency_ms = _elapsed_ms(call.started_at, finished_at)
         generation.finished_at = finished_at
+
+
+def _release_spend(session: Session, generation: Generation, charged_nano_usd: int) -> None:
+    if generation.spend_period is not None:
+        spend.release(session, generation.api_key_id, generation.spend_period, generation.hold_nano_usd, charged_nano_usd)
 
 
 def _record_usage(generation: Generation, usage: Usage) -> None:
@@ -171,6 +188,7 @@ def expire_holds(session: Session, now: dt.datetime | None = None, limit: int = 
                 ledger.expire_hold(session, hold_id)
                 generation = session.get(Generation, hold_id.removeprefix("hold:"))
                 if generation is not None and generation.status == "pending":
+                    _release_spend(session, generation, 0)
                     generation.status = "expired"
                     generation.finished_at = utcnow()
             expired += 1

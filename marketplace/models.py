@@ -103,6 +103,25 @@ class ApiKey(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
+class ApiKeySpend(Base):
+    """What an API key spent and holds in one spend-limit period ("total", "2026-12" or "2026-12-04").
+
+    The proxy reserves a call's hold here in the same transaction as the ledger hold, with a
+    conditional UPDATE, so parallel calls cannot pass a limit together.
+    """
+
+    __tablename__ = "api_key_spend"
+    __table_args__ = (
+        CheckConstraint("reserved_nano_usd >= 0", name="reserved_nonnegative"),
+        CheckConstraint("spent_nano_usd >= 0", name="spent_nonnegative"),
+    )
+
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    period: Mapped[str] = mapped_column(String(20), primary_key=True)
+    reserved_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    spent_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class Supplier(Base):
     """An account's supplier profile, with the wallet its earnings are paid to."""
 
@@ -263,6 +282,8 @@ class Generation(Base):
     hold_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     hold_transfer_id: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    # The API key's spend-limit period this call's hold was reserved in, or None without a limit.
+    spend_period: Mapped[str | None] = mapped_column(String(20), nullable=True)
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow)

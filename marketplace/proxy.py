@@ -23,6 +23,7 @@ from marketplace.db import Database
 from marketplace.errors import Forbidden, InvalidRequest, RateLimited, UpstreamFailed, UpstreamUnavailable
 from marketplace.models import Listing
 from marketplace.pricing import cost_nano_usd, max_cost_nano_usd
+from marketplace.ratelimit import RateLimiter, Reservation
 from marketplace.settings import Settings
 from providers import openai_compat
 from providers.errors import UpstreamError
@@ -38,12 +39,26 @@ TEMPLATE_TOKENS_PER_REQUEST = 16
 
 
 @dataclass(frozen=True)
+class OpenCall:
+    """A call with its listing chosen and its hold placed, ready for the upstream."""
+
+    listing: Listing
+    call: metering.OpenedCall
+    body: dict[str, Any]
+    tokens_reserved: Reservation | None
+
+
+@dataclass(frozen=True)
 class Caller:
     """The authenticated owner of an API key."""
 
     account_id: int
     api_key_id: int
-    allowed_models: tuple[str, ...] | None
+    allowed_models: tuple[str, ...] | None = None
+    spend_limit_nano_usd: int | None = None
+    spend_limit_period: str | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -116,10 +131,11 @@ def _upstream_error(exc: UpstreamError) -> Exception:
 
 
 class MeteringProxy:
-    def __init__(self, db: Database, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(self, db: Database, settings: Settings, client: httpx.AsyncClient, limiter: RateLimiter) -> None:
         self.db = db
         self.settings = settings
         self.client = client
+        self.limiter = limiter
 
     def _check_model_allowed(self, caller: Caller, model: str) -> None:
         if caller.allowed_models is not None and model not in caller.allowed_models:
@@ -137,7 +153,29 @@ class MeteringProxy:
             body["max_tokens"] = max_completion_tokens
         return body
 
-    async def _open(self, caller: Caller, request: ChatCompletionRequest) -> tuple[Listing, metering.OpenedCall, dict[str, Any]]:
+    async def _check_rate_limits(self, caller: Caller, request: ChatCompletionRequest, max_completion: int) -> Reservation | None:
+        """Count the call against the key's request and token limits; returns the token reservation."""
+        if caller.requests_per_minute is not None:
+            decision = await self.limiter.acquire(f"rpm:{caller.api_key_id}", 1, caller.requests_per_minute)
+            if not decision.allowed:
+                raise RateLimited(
+                    f"API key limit of {caller.requests_per_minute} requests per minute reached",
+                    retry_after_s=decision.retry_after_s,
+                    code="requests_per_minute_exceeded",
+                )
+        if caller.tokens_per_minute is None:
+            return None
+        tokens = count_prompt_tokens(request.messages) + max_completion * request.n
+        decision = await self.limiter.acquire(f"tpm:{caller.api_key_id}", tokens, caller.tokens_per_minute)
+        if not decision.allowed:
+            raise RateLimited(
+                f"API key limit of {caller.tokens_per_minute} tokens per minute reached; this call may use {tokens} tokens",
+                retry_after_s=decision.retry_after_s,
+                code="tokens_per_minute_exceeded",
+            )
+        return decision.reservation
+
+    async def _open(self, caller: Caller, request: ChatCompletionRequest) -> OpenCall:
         self._check_model_allowed(caller, request.model)
         listing = await anyio.to_thread.run_sync(self._choose_listing, request.model)
 
@@ -147,33 +185,54 @@ class MeteringProxy:
                 f"max_tokens {max_completion} exceeds this model's limit of {listing.max_output_tokens}", param="max_tokens"
             )
         hold = max_cost_nano_usd(prompt_token_bound(request.messages), max_completion * request.n, listings.listing_prices(listing))
-        call = await anyio.to_thread.run_sync(
-            lambda: metering.open_call(
-                self.db,
-                generation_id=new_generation_id(),
-                account_id=caller.account_id,
-                api_key_id=caller.api_key_id,
-                listing_id=listing.id,
-                model=request.model,
-                stream=request.stream,
-                hold_nano_usd=hold,
-                hold_ttl_s=self.settings.hold_ttl_s,
+        tokens_reserved = await self._check_rate_limits(caller, request, max_completion)
+        try:
+            call = await anyio.to_thread.run_sync(
+                lambda: metering.open_call(
+                    self.db,
+                    generation_id=new_generation_id(),
+                    account_id=caller.account_id,
+                    api_key_id=caller.api_key_id,
+                    listing_id=listing.id,
+                    model=request.model,
+                    stream=request.stream,
+                    hold_nano_usd=hold,
+                    hold_ttl_s=self.settings.hold_ttl_s,
+                    spend_limit_nano_usd=caller.spend_limit_nano_usd,
+                    spend_limit_period=caller.spend_limit_period,
+                )
             )
-        )
-        return listing, call, self._upstream_body(request, listing, max_completion)
+        except BaseException:
+            if tokens_reserved is not None:
+                await self.limiter.adjust(tokens_reserved, -tokens_reserved.amount)
+            raise
+        return OpenCall(listing, call, self._upstream_body(request, listing, max_completion), tokens_reserved)
 
-    async def _fail(self, call: metering.OpenedCall, exc: UpstreamError) -> None:
-        logger.warning("upstream call failed before any output", extra={"generation_id": call.generation_id, "kind": exc.kind, "status": exc.status_code})
+    async def _correct_token_reservation(self, opened: OpenCall, usage: Usage | None) -> None:
+        if opened.tokens_reserved is None:
+            return
+        used = usage.total_tokens if usage is not None else 0
+        with anyio.CancelScope(shield=True):
+            await self.limiter.adjust(opened.tokens_reserved, used - opened.tokens_reserved.amount)
+
+    async def _fail(self, opened: OpenCall, exc: UpstreamError) -> None:
+        call = opened.call
+        logger.warning(
+            "upstream call failed before any output",
+            extra={"generation_id": call.generation_id, "listing_id": opened.listing.id, "kind": exc.kind, "status": exc.status_code},
+        )
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: metering.fail_call(self.db, call, error=f"{exc.kind}: {exc.message}"))
+        await self._correct_token_reservation(opened, None)
 
-    async def _settle(self, call: metering.OpenedCall, listing: Listing, usage: Usage, status: str, error: str | None = None) -> metering.SettledCall:
+    async def _settle(self, opened: OpenCall, usage: Usage, status: str, error: str | None = None) -> metering.SettledCall:
+        listing = opened.listing
         cost = cost_nano_usd(usage, listings.listing_prices(listing))
         with anyio.CancelScope(shield=True):
-            return await anyio.to_thread.run_sync(
+            settled = await anyio.to_thread.run_sync(
                 lambda: metering.settle_call(
                     self.db,
-                    call,
+                    opened.call,
                     usage=usage,
                     cost_nano_usd=cost,
                     supplier_id=listing.supplier_id,
@@ -182,17 +241,24 @@ class MeteringProxy:
                     error=error,
                 )
             )
+        await self._correct_token_reservation(opened, usage)
+        return settled
+
+    def _credential(self, listing: Listing) -> str:
+        return decrypt_credential(self.settings, listing.upstream_credential_encrypted)
 
     async def complete(self, caller: Caller, request: ChatCompletionRequest) -> tuple[dict[str, Any], str]:
-        listing, call, body = await self._open(caller, request)
-        credential = decrypt_credential(self.settings, listing.upstream_credential_encrypted)
+        opened = await self._open(caller, request)
+        call, listing = opened.call, opened.listing
         try:
-            result = await openai_compat.complete(self.client, listing.upstream_base_url, credential, body, self.settings.upstream_timeout_s)
+            result = await openai_compat.complete(
+                self.client, listing.upstream_base_url, self._credential(listing), opened.body, self.settings.upstream_timeout_s
+            )
         except UpstreamError as exc:
-            await self._fail(call, exc)
+            await self._fail(opened, exc)
             raise _upstream_error(exc) from exc
 
-        usage = self._reported_usage(result.body.get("usage"), call.generation_id)
+        usage = result.usage
         if usage is None:
             completion_text = "".join(_text_of_choice(choice) for choice in result.body.get("choices") or [])
             usage = Usage(
@@ -200,7 +266,7 @@ class MeteringProxy:
                 completion_tokens=count_text_tokens(completion_text),
                 estimated=True,
             )
-        settled = await self._settle(call, listing, usage, "completed")
+        settled = await self._settle(opened, usage, "completed")
 
         response = dict(result.body)
         response["id"] = call.generation_id
@@ -208,40 +274,34 @@ class MeteringProxy:
         response["usage"] = usage_body(usage, settled.charged_nano_usd)
         return response, call.generation_id
 
-    def _reported_usage(self, raw: Any, generation_id: str) -> Usage | None:
-        if not isinstance(raw, dict):
-            return None
-        try:
-            return usage_from_openai(raw)
-        except InvalidUsageError as exc:
-            logger.warning("upstream usage is invalid; counting locally", extra={"generation_id": generation_id, "error": str(exc)})
-            return None
-
     async def open_stream(self, caller: Caller, request: ChatCompletionRequest) -> tuple[AsyncIterator[bytes], str]:
         """Start a streamed call. Errors before the first upstream chunk raise here, costing nothing."""
-        listing, call, body = await self._open(caller, request)
-        credential = decrypt_credential(self.settings, listing.upstream_credential_encrypted)
-        upstream = openai_compat.stream(self.client, listing.upstream_base_url, credential, body, self.settings.upstream_timeout_s)
+        opened = await self._open(caller, request)
+        listing = opened.listing
+        upstream = openai_compat.stream(
+            self.client, listing.upstream_base_url, self._credential(listing), opened.body, self.settings.upstream_timeout_s
+        )
         try:
             first = await upstream.__anext__()
         except UpstreamError as exc:
             await upstream.aclose()
-            await self._fail(call, exc)
+            await self._fail(opened, exc)
             raise _upstream_error(exc) from exc
         except StopAsyncIteration:
             exc = UpstreamError("bad_response", "upstream closed the stream before sending any chunk")
-            await self._fail(call, exc)
+            await self._fail(opened, exc)
             raise _upstream_error(exc) from None
-        return self._relay(request, listing, call, first, upstream), call.generation_id
+        return self._relay(request, opened, first, upstream), opened.call.generation_id
 
     async def _relay(
         self,
         request: ChatCompletionRequest,
-        listing: Listing,
-        call: metering.OpenedCall,
+        opened: OpenCall,
         first: dict[str, Any],
         upstream: AsyncIterator[dict[str, Any]],
     ) -> AsyncIterator[bytes]:
+        """Relay upstream chunks as SSE and settle the call exactly once, however the stream ends."""
+        call, listing = opened.call, opened.listing
         delivered: list[str] = []
         reported: Usage | None = None
         finished = False
@@ -274,6 +334,8 @@ class MeteringProxy:
                     text = "".join(_text_of_choice(choice) for choice in choices)
                     finished = finished or any(choice.get("finish_reason") for choice in choices)
                     yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+                    # Counted only once the chunk was handed to the client, so a disconnect
+                    # never bills a chunk the client did not get.
                     delivered.append(text)
             except UpstreamError as exc:
                 error = exc
@@ -282,12 +344,11 @@ class MeteringProxy:
             complete = finished and error is None
             usage = reported if (reported is not None and complete) else estimate()
             status = "completed" if complete else "incomplete"
-            settled_call = await self._settle(call, listing, usage, status, error.message if error else None)
+            settled_call = await self._settle(opened, usage, status, error.message if error else None)
             settled = True
 
             if error is not None:
-                failure = _upstream_error(error)
-                yield b"data: " + json.dumps(failure.body(), separators=(",", ":")).encode() + b"\n\n"
+                yield b"data: " + json.dumps(_upstream_error(error).body(), separators=(",", ":")).encode() + b"\n\n"
             final = {
                 "id": call.generation_id,
                 "object": "chat.completion.chunk",
@@ -301,6 +362,15 @@ class MeteringProxy:
         finally:
             if not settled:
                 # The client went away mid-stream: charge the prompt and what was delivered.
-                await self._settle(call, listing, estimate(), "client_disconnected")
+                await self._settle(opened, estimate(), "client_disconnected")
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()  # type: ignore[attr-defined]
+
+    def _reported_usage(self, raw: Any, generation_id: str) -> Usage | None:
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return usage_from_openai(raw)
+        except InvalidUsageError as exc:
+            logger.warning("upstream usage is invalid; counting locally", extra={"generation_id": generation_id, "error": str(exc)})
+            return None

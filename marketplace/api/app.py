@@ -15,6 +15,7 @@ from marketplace.api.deps import ApiKeyCache
 from marketplace.db import Database
 from marketplace.errors import ApiError, RateLimited
 from marketplace.proxy import MeteringProxy
+from marketplace.ratelimit import create_rate_limiter
 from marketplace.schema import upgrade_schema
 from marketplace.settings import Settings, get_settings
 
@@ -44,9 +45,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+        limiter = create_rate_limiter(settings.redis_url)
         async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s) as client:
-            app.state.proxy = MeteringProxy(db, settings, client)
-            yield
+            app.state.proxy = MeteringProxy(db, settings, client, limiter)
+            try:
+                yield
+            finally:
+                await limiter.close()
 
     upgrade_schema(db)
     app = FastAPI(title="Tokenport", version="0.1.0", lifespan=lifespan)

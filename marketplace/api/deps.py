@@ -69,7 +69,15 @@ async def require_api_key(request: Request) -> Caller:
             if key is None:
                 return None
             allowed = tuple(key.allowed_models) if key.allowed_models is not None else None
-            return Caller(account_id=key.account_id, api_key_id=key.id, allowed_models=allowed)
+            return Caller(
+                account_id=key.account_id,
+                api_key_id=key.id,
+                allowed_models=allowed,
+                spend_limit_nano_usd=key.spend_limit_nano_usd,
+                spend_limit_period=key.spend_limit_period,
+                requests_per_minute=key.requests_per_minute,
+                tokens_per_minute=key.tokens_per_minute,
+            )
 
     caller = await anyio.to_thread.run_sync(load)
     if caller is None:

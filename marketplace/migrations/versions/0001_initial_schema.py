@@ -133,6 +133,16 @@ def upgrade() -> None:
     with op.batch_alter_table('wallets', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_wallets_account_id'), ['account_id'], unique=False)
 
+    op.create_table('api_key_spend',
+    sa.Column('api_key_id', sa.Integer(), nullable=False),
+    sa.Column('period', sa.String(length=20), nullable=False),
+    sa.Column('reserved_nano_usd', sa.BigInteger(), nullable=False),
+    sa.Column('spent_nano_usd', sa.BigInteger(), nullable=False),
+    sa.CheckConstraint('reserved_nano_usd >= 0', name='reserved_nonnegative'),
+    sa.CheckConstraint('spent_nano_usd >= 0', name='spent_nonnegative'),
+    sa.ForeignKeyConstraint(['api_key_id'], ['api_keys.id'], ),
+    sa.PrimaryKeyConstraint('api_key_id', 'period')
+    )
     op.create_table('ledger_transfers',
     sa.Column('id', sa.String(length=160), nullable=False),
     sa.Column('debit_account_id', sa.Integer(), nullable=False),
@@ -200,6 +210,7 @@ def upgrade() -> None:
     sa.Column('hold_nano_usd', sa.BigInteger(), nullable=False),
     sa.Column('cost_nano_usd', sa.BigInteger(), nullable=False),
     sa.Column('hold_transfer_id', sa.String(length=160), nullable=True),
+    sa.Column('spend_period', sa.String(length=20), nullable=True),
     sa.Column('latency_ms', sa.Integer(), nullable=True),
     sa.Column('error', sa.String(length=500), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
@@ -234,6 +245,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_ledger_transfers_credit_account_id'))
 
     op.drop_table('ledger_transfers')
+    op.drop_table('api_key_spend')
     with op.batch_alter_table('wallets', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_wallets_account_id'))
 
