@@ -12,6 +12,7 @@ import logging
 import secrets
 from typing import Any, NamedTuple
 
+from eth_abi import encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -33,6 +34,8 @@ _DOMAIN_FIELDS = (
     (0x08, "verifyingContract", "address"),
     (0x10, "salt", "bytes32"),
 )
+
+_DOMAIN_FIELD_NAMES = [field_name for _bit, field_name, _type in _DOMAIN_FIELDS]
 
 _PERMIT_TYPE = [
     {"name": "owner", "type": "address"},
@@ -156,14 +159,15 @@ def deposit_with_permit(
     amount_units: int,
     account_ref: bytes,
     deadline: int,
+    domain: dict[str, Any] | None = None,
 ) -> TxReceipt:
     """Sign an EIP-2612 permit for the vault and deposit with it in one transaction.
 
-    ``deadline`` is a Unix timestamp in seconds. The token must implement EIP-2612 and
-    ERC-5267 (``eip712Domain``), as OpenZeppelin's ERC20Permit does.
+    ``deadline`` is a Unix timestamp in seconds. ``domain`` is the token's EIP-712 domain, read
+    with ERC-5267 ``eip712Domain()`` when None (see ``sign_token_typed_data``).
     """
     payer = Account.from_key(private_key)
-    signature = sign_permit(token, payer, vault.address, amount_units, deadline)
+    signature = sign_permit(token, payer, vault.address, amount_units, deadline, domain)
     function = vault.functions.depositWithPermit(
         token.address, amount_units, account_ref, deadline, *signature
     )
@@ -180,18 +184,19 @@ def deposit_with_authorization(
     valid_after: int,
     valid_before: int,
     nonce: bytes | None = None,
+    domain: dict[str, Any] | None = None,
 ) -> TxReceipt:
     """Sign an EIP-3009 ReceiveWithAuthorization to the vault and deposit with it in one transaction.
 
     The authorization is valid in blocks whose timestamp is after ``valid_after`` and before
-    ``valid_before`` (Unix seconds). ``nonce`` defaults to 32 random bytes. The token must
-    implement EIP-3009 and ERC-5267 (``eip712Domain``).
+    ``valid_before`` (Unix seconds). ``nonce`` defaults to 32 random bytes. ``domain`` is the
+    token's EIP-712 domain, read with ERC-5267 ``eip712Domain()`` when None.
     """
     payer = Account.from_key(private_key)
     if nonce is None:
         nonce = secrets.token_bytes(32)
     signature = sign_receive_with_authorization(
-        token, payer, vault.address, amount_units, valid_after, valid_before, nonce
+        token, payer, vault.address, amount_units, valid_after, valid_before, nonce, domain
     )
     function = vault.functions.depositWithAuthorization(
         token.address, amount_units, account_ref, valid_after, valid_before, nonce, *signature
@@ -200,7 +205,12 @@ def deposit_with_authorization(
 
 
 def sign_permit(
-    token: Contract, owner: LocalAccount, spender: str, value: int, deadline: int
+    token: Contract,
+    owner: LocalAccount,
+    spender: str,
+    value: int,
+    deadline: int,
+    domain: dict[str, Any] | None = None,
 ) -> Signature:
     """Sign an EIP-2612 Permit of ``owner`` for ``spender``, using the owner's current permit nonce."""
     nonce = token.functions.nonces(owner.address).call()
@@ -211,7 +221,7 @@ def sign_permit(
         "nonce": nonce,
         "deadline": deadline,
     }
-    return sign_token_typed_data(token, owner, "Permit", _PERMIT_TYPE, message)
+    return sign_token_typed_data(token, owner, "Permit", _PERMIT_TYPE, message, domain)
 
 
 def sign_receive_with_authorization(
@@ -222,6 +232,7 @@ def sign_receive_with_authorization(
     valid_after: int,
     valid_before: int,
     nonce: bytes,
+    domain: dict[str, Any] | None = None,
 ) -> Signature:
     """Sign an EIP-3009 ReceiveWithAuthorization from ``payer`` to ``payee``."""
     if len(nonce) != 32:
@@ -235,14 +246,14 @@ def sign_receive_with_authorization(
         "nonce": nonce,
     }
     return sign_token_typed_data(
-        token, payer, "ReceiveWithAuthorization", _RECEIVE_WITH_AUTHORIZATION_TYPE, message
+        token, payer, "ReceiveWithAuthorization", _RECEIVE_WITH_AUTHORIZATION_TYPE, message, domain
     )
 
 
-def read_eip712_domain(token: Contract) -> tuple[list[dict[str, str]], dict[str, Any]]:
+def read_eip712_domain(token: Contract) -> dict[str, Any]:
     """Read a token's EIP-712 domain with ERC-5267 ``eip712Domain()``.
 
-    Returns the domain's type fields and values, containing only the fields the token uses.
+    Returns only the domain fields that the token uses, keyed by their EIP-712 names.
     """
     fields, name, version, chain_id, verifying_contract, salt, _extensions = (
         token.functions.eip712Domain().call()
@@ -255,13 +266,11 @@ def read_eip712_domain(token: Contract) -> tuple[list[dict[str, str]], dict[str,
         "salt": salt,
     }
     field_bits = fields[0] if isinstance(fields, bytes) else fields
-    domain_type = []
-    domain = {}
-    for bit, field_name, field_type in _DOMAIN_FIELDS:
-        if field_bits & bit:
-            domain_type.append({"name": field_name, "type": field_type})
-            domain[field_name] = values[field_name]
-    return domain_type, domain
+    return {
+        field_name: values[field_name]
+        for bit, field_name, _field_type in _DOMAIN_FIELDS
+        if field_bits & bit
+    }
 
 
 def sign_token_typed_data(
@@ -270,9 +279,27 @@ def sign_token_typed_data(
     primary_type: str,
     message_type: list[dict[str, str]],
     message: dict[str, Any],
+    domain: dict[str, Any] | None = None,
 ) -> Signature:
-    """Sign an EIP-712 message of type ``primary_type`` in the token's ERC-5267 domain."""
-    domain_type, domain = read_eip712_domain(token)
+    """Sign an EIP-712 message of type ``primary_type`` in the token's domain.
+
+    ``domain`` maps EIP-712 domain field names (name, version, chainId, verifyingContract,
+    salt) to values. When it is None, it is read with ERC-5267 ``eip712Domain()``, so pass it
+    for tokens without that function. When the token has ``DOMAIN_SEPARATOR()``, the domain's
+    hash is checked against it first, and a mismatch raises ``ValueError``.
+    """
+    if domain is None:
+        domain = read_eip712_domain(token)
+    unknown = set(domain) - set(_DOMAIN_FIELD_NAMES)
+    if unknown:
+        raise ValueError(f"invalid EIP-712 domain fields {sorted(unknown)}: expected {_DOMAIN_FIELD_NAMES}")
+    domain_type = [
+        {"name": field_name, "type": field_type}
+        for _bit, field_name, field_type in _DOMAIN_FIELDS
+        if field_name in domain
+    ]
+    _check_domain_separator(token, domain_type, domain)
+
     typed_data = {
         "types": {"EIP712Domain": domain_type, primary_type: message_type},
         "primaryType": primary_type,
@@ -285,3 +312,35 @@ def sign_token_typed_data(
         r=signed.r.to_bytes(32, "big"),
         s=signed.s.to_bytes(32, "big"),
     )
+
+
+def eip712_domain_separator(domain_type: list[dict[str, str]], domain: dict[str, Any]) -> bytes:
+    """Compute the EIP-712 domain separator: hashStruct of the EIP712Domain fields in use."""
+    type_string = "EIP712Domain(" + ",".join(f"{f['type']} {f['name']}" for f in domain_type) + ")"
+    abi_types = ["bytes32"]
+    values: list[Any] = [Web3.keccak(text=type_string)]
+    for field in domain_type:
+        value = domain[field["name"]]
+        if field["type"] == "string":
+            # EIP-712 encodes a string member as the keccak256 of its UTF-8 bytes.
+            abi_types.append("bytes32")
+            values.append(Web3.keccak(text=value))
+        else:
+            abi_types.append(field["type"])
+            values.append(value)
+    return bytes(Web3.keccak(encode(abi_types, values)))
+
+
+def _check_domain_separator(
+    token: Contract, domain_type: list[dict[str, str]], domain: dict[str, Any]
+) -> None:
+    if not any(item.get("name") == "DOMAIN_SEPARATOR" for item in token.abi):
+        return
+    expected = bytes(token.functions.DOMAIN_SEPARATOR().call())
+    computed = eip712_domain_separator(domain_type, domain)
+    if computed != expected:
+        raise ValueError(
+            f"invalid EIP-712 domain {domain!r} for token {token.address}: its separator "
+            f"0x{computed.hex()} differs from the token's DOMAIN_SEPARATOR() 0x{expected.hex()}. "
+            "Check the name, version and chain id"
+        )

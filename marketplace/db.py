@@ -37,7 +37,7 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, pool_size: int = 5, max_overflow: int = 5) -> Engine:
     if database_url.startswith("sqlite"):
         path = database_url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -47,15 +47,17 @@ def make_engine(database_url: str) -> Engine:
         return engine
     if database_url.startswith("postgresql://"):
         database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
-    return create_engine(database_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # Each API process holds at most pool_size + max_overflow connections; the sum over all
+    # processes must stay below PostgreSQL's max_connections (100 by default).
+    return create_engine(database_url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=30, pool_pre_ping=True)
 
 
 class Database:
     """An engine with its session factory."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, pool_size: int = 5, max_overflow: int = 5) -> None:
         self.url = database_url
-        self.engine = make_engine(database_url)
+        self.engine = make_engine(database_url, pool_size, max_overflow)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from marketplace.models import LedgerAccount, LedgerTransfer, utcnow
@@ -76,18 +77,25 @@ def get_or_create_account(
     if existing is not None:
         return existing
 
-    account = LedgerAccount(
-        name=name,
-        code=code,
-        account_id=account_id,
-        debits_must_not_exceed_credits=debits_must_not_exceed_credits,
-        debits_pending_nano_usd=0,
-        debits_posted_nano_usd=0,
-        credits_pending_nano_usd=0,
-        credits_posted_nano_usd=0,
+    # INSERT ... ON CONFLICT DO NOTHING: two transactions creating the same account at once
+    # both go on, and both read back the one row that won.
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(LedgerAccount)
+        .values(
+            name=name,
+            code=code,
+            account_id=account_id,
+            debits_must_not_exceed_credits=debits_must_not_exceed_credits,
+            debits_pending_nano_usd=0,
+            debits_posted_nano_usd=0,
+            credits_pending_nano_usd=0,
+            credits_posted_nano_usd=0,
+        )
+        .on_conflict_do_nothing(index_elements=["name"])
     )
-    session.add(account)
-    session.flush()
+    account = session.scalar(select(LedgerAccount).where(LedgerAccount.name == name))
+    assert account is not None, f"ledger account {name} vanished after insert"
     return account
 
 

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
 
     mode: Literal["development", "production"] = "development"
     database_url: str = "sqlite:///.tokenport/tokenport.db"
+    # PostgreSQL connections per process: at most pool size plus overflow.
+    database_pool_size: int = Field(default=5, ge=1)
+    database_max_overflow: int = Field(default=5, ge=0)
     # Without a Redis URL, Celery runs tasks in eager mode and rate limits live in process memory.
     redis_url: str | None = None
 

@@ -270,13 +270,13 @@ def test_fee_token_mint_charges_no_fee(eth_tester_w3: Web3):
 
 
 def test_fee_token_fee_rounds_down(eth_tester_w3: Web3):
-    # 39 * 250 / 10,000 = 0.975, which rounds down to no fee and no fee Transfer log.
+    # 39 * 250 / 10,000 = 0.975 rounds down to 0, so there is no fee and no fee Transfer log.
     w3 = eth_tester_w3
     token = deploy_fee_token(w3)
     mint(w3, token, DEV_BUYER.address, 1_000)
 
     small = transact(w3, token.functions.transfer(DEV_TREASURY.address, 39), DEV_BUYER.local_account())
-    # 41 * 250 / 10,000 = 1.025, which rounds down to a fee of 1.
+    # 41 * 250 / 10,000 = 1.025 rounds down to a fee of 1.
     larger = transact(w3, token.functions.transfer(DEV_TREASURY.address, 41), DEV_BUYER.local_account())
 
     assert transfer_logs(small, token) == [(DEV_BUYER.address, DEV_TREASURY.address, 39)]

@@ -26,6 +26,7 @@ from chain.vault import (
     deposit_to_vault,
     deposit_with_authorization,
     deposit_with_permit,
+    read_eip712_domain,
     sign_permit,
     sign_receive_with_authorization,
     withdraw_from_vault,
@@ -249,6 +250,41 @@ def test_permit_deposit_in_one_transaction(eth_tester_w3: Web3, permit_vault):
     assert token.functions.balanceOf(vault.address).call() == 1_500_000
 
 
+def test_permit_deposit_with_explicit_domain(eth_tester_w3: Web3, permit_vault):
+    # Builds the domain by hand, as a caller must for a token without eip712Domain().
+    w3 = eth_tester_w3
+    vault, token = permit_vault
+    domain = {
+        "name": "Permit USD Coin",
+        "version": "1",
+        "chainId": w3.eth.chain_id,
+        "verifyingContract": token.address,
+    }
+
+    receipt = deposit_with_permit(
+        w3, vault, token, DEV_BUYER.private_key, 700_000, ACCOUNT_REF, latest_timestamp(w3) + 600, domain
+    )
+
+    assert read_eip712_domain(token) == domain
+    assert deposited_events(vault, receipt)[0]["amount"] == 700_000
+
+
+def test_sign_permit_rejects_wrong_domain(eth_tester_w3: Web3, permit_vault):
+    w3 = eth_tester_w3
+    vault, token = permit_vault
+    domain = {**read_eip712_domain(token), "version": "2"}
+    nonce_before = w3.eth.get_transaction_count(DEV_BUYER.address)
+
+    with pytest.raises(ValueError, match="differs from the token's DOMAIN_SEPARATOR"):
+        deposit_with_permit(
+            w3, vault, token, DEV_BUYER.private_key, 700_000, ACCOUNT_REF, latest_timestamp(w3) + 600, domain
+        )
+    with pytest.raises(ValueError, match="invalid EIP-712 domain fields"):
+        sign_permit(token, DEV_BUYER.local_account(), vault.address, 1, 0, {"name": "x", "chain": 1})
+
+    assert w3.eth.get_transaction_count(DEV_BUYER.address) == nonce_before
+
+
 def test_permit_deposit_survives_front_run_permit(eth_tester_w3: Web3, permit_vault):
     # An observer copies the permit from the pending deposit and submits it to the token first.
     w3 = eth_tester_w3
@@ -292,7 +328,7 @@ def test_authorization_deposit_in_one_transaction(eth_tester_w3: Web3, permit_va
     assert token.functions.balanceOf(DEV_BUYER.address).call() == 8_000_000
 
 
-def test_deposits_from_many_payers_add_up(eth_tester_w3: Web3, usdc_vault):
+def test_deposits_from_two_payers_add_up(eth_tester_w3: Web3, usdc_vault):
     w3 = eth_tester_w3
     vault, token = usdc_vault
     mint(w3, token, DEV_SUPPLIER_PAYOUT.address, 1_000_000)

@@ -5,14 +5,15 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.sol";
 
 /// @title NoReturnToken
-/// @notice Test token shaped like Tether USD (USDT) on Ethereum: `transfer`, `transferFrom` and
-/// `approve` return no value, so a caller that decodes a `bool` from them reverts. Callers must
-/// use OpenZeppelin's SafeERC20 or an equivalent low-level call. It has 6 decimals and the
-/// owner can mint any amount, so it must never be listed as an accepted token on a production
-/// chain.
+/// @notice Test token shaped like Tether USD (USDT, the TetherToken contract at
+/// 0xdAC17F958D2ee523a2206206994597C13D831ec7 on Ethereum mainnet). Its `transfer`,
+/// `transferFrom` and `approve` return no value, so a caller that decodes a `bool` from them
+/// reverts. Callers must use OpenZeppelin's SafeERC20 or an equivalent low-level call. It has
+/// 6 decimals and the owner can mint any amount, so it must never be listed as an accepted
+/// token on a production chain.
 /// @dev It does not implement IERC20 on purpose, because IERC20 declares `returns (bool)`.
-/// Failed transfers revert with the ERC-6093 errors. Unlike USDT, `approve` does not require
-/// the allowance to be zero before it is changed to another non-zero value.
+/// Failed transfers revert with the ERC-6093 errors. Unlike TetherToken, `approve` does not
+/// require the allowance to be zero before it is changed to another non-zero value.
 contract NoReturnToken is Ownable, IERC20Errors {
     string public name;
     string public symbol;

@@ -12,10 +12,10 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 /// `cancelAuthorization`). The owner can mint any amount, so it must never be listed as an
 /// accepted token on a production chain.
 /// @dev Both signature schemes use the EIP-712 domain of ERC20Permit: the token name, version
-/// "1", the chain id and this contract's address (`eip712Domain()` returns it). USDC uses
-/// version "2". Signatures are checked with ECDSA only, so a smart-contract wallet
-/// (ERC-1271) cannot sign an authorization. An EIP-3009 nonce is a random 32-byte value
-/// chosen by the signer, and each (authorizer, nonce) pair can be used or cancelled once.
+/// "1", the chain id and this contract's address (`eip712Domain()` returns it). Signatures
+/// are checked with ECDSA only, so a smart-contract wallet (ERC-1271) cannot sign a permit or
+/// an authorization. An EIP-3009 nonce is a random 32-byte value chosen by the signer, and
+/// each (authorizer, nonce) pair can be used or cancelled once.
 contract PermitStablecoin is ERC20Permit, Ownable {
     /// @notice keccak256 of the EIP-3009 TransferWithAuthorization type.
     bytes32 public constant TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak256(

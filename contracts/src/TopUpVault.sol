@@ -29,10 +29,10 @@ interface IERC3009Receive {
 /// is for with a 32-byte `accountRef` and emits one `Deposited` event, which the deposit watcher
 /// credits after enough confirmations. The owner (the treasury) chooses the accepted tokens and
 /// withdraws funds.
-/// @dev Fee-on-transfer tokens: the vault credits the amount it actually received, not the
-/// amount the payer asked to send. Every deposit function reads the vault's token balance
+/// @dev For a fee-on-transfer token, the vault credits the amount it actually received, not
+/// the amount the payer asked to send. Every deposit function reads the vault's token balance
 /// before and after the pull and emits the difference in `Deposited`, so the credited total
-/// never exceeds what the vault holds. A deposit that delivers nothing reverts with
+/// never exceeds what the vault received. A deposit that delivers nothing reverts with
 /// `NothingReceived`. Rebasing tokens, whose balances change without transfers, break this
 /// accounting and must not be allowed. The reentrancy guard keeps a token callback from
 /// starting a second deposit between the two balance reads.

@@ -29,6 +29,12 @@ def _error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
 
+def _internal_error_response(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", extra={"path": request.url.path})
+    body = {"error": {"message": "internal error; the request was not completed", "type": "server_error", "param": None, "code": None}}
+    return JSONResponse(body, status_code=500)
+
+
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0]
     location = [str(part) for part in first["loc"] if part != "body"]
@@ -40,7 +46,7 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
-    db = db or Database(settings.database_url)
+    db = db or Database(settings.database_url, settings.database_pool_size, settings.database_max_overflow)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -62,6 +68,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     app.add_exception_handler(ApiError, lambda _request, exc: _error_response(exc))  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, lambda _request, exc: _validation_response(exc))  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error_response)
 
     @app.get("/health")
     def health() -> dict:

@@ -91,3 +91,11 @@ def require_session(request: Request) -> int:
     token = _bearer(request, "session token")
     with get_db(request).session() as session:
         return accounts.authenticate_session(session, token)
+
+
+async def require_account(request: Request) -> int:
+    """Return the account id of a session token or an API key, whichever the request carries."""
+    token = _bearer(request, "API key or session token")
+    if token.startswith(accounts.SESSION_TOKEN_PREFIX):
+        return await anyio.to_thread.run_sync(require_session, request)
+    return (await require_api_key(request)).account_id

@@ -7,7 +7,8 @@ import json
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from marketplace.api.deps import get_db, require_api_key
+from marketplace import usage
+from marketplace.api.deps import get_db, require_account, require_api_key
 from marketplace.db import Database
 from marketplace.errors import InvalidRequest, NotFound
 from marketplace.models import Generation
@@ -66,9 +67,31 @@ def generation_view(generation: Generation) -> dict:
 
 
 @router.get("/generation")
-def read_generation(id: str, caller: Caller = Depends(require_api_key), db: Database = Depends(get_db)) -> dict:
+def read_generation(id: str, account_id: int = Depends(require_account), db: Database = Depends(get_db)) -> dict:
+    """One call's tokens, cost, listing, latency and status."""
     with db.session() as session:
         generation = session.get(Generation, id)
-        if generation is None or generation.account_id != caller.account_id:
+        if generation is None or generation.account_id != account_id:
             raise NotFound(f"generation {id!r} not found for this account", param="id")
         return {"data": generation_view(generation)}
+
+
+@router.get("/usage")
+def list_usage(
+    limit: int = 50, cursor: str | None = None, account_id: int = Depends(require_account), db: Database = Depends(get_db)
+) -> dict:
+    """The account's calls, newest first. Pass `next_cursor` back as `cursor` for the next page."""
+    with db.session() as session:
+        rows, next_cursor = usage.list_usage(session, account_id, limit, cursor)
+        return {"data": [generation_view(row) for row in rows], "next_cursor": next_cursor}
+
+
+@router.get("/usage/export.csv")
+def export_usage(account_id: int = Depends(require_account), db: Database = Depends(get_db)) -> StreamingResponse:
+    def rows():
+        with db.session() as session:
+            yield from usage.export_csv(session, account_id)
+
+    return StreamingResponse(
+        rows(), media_type="text/csv", headers={"content-disposition": 'attachment; filename="tokenport-usage.csv"'}
+    )
