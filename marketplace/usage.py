@@ -14,7 +14,7 @@ from marketplace.errors import InvalidRequest
 from marketplace.models import Generation
 
 MAX_PAGE_SIZE = 500
-EXPORT_BATCH_SIZE = 1_000
+EXPORT_BATCH_SIZE = MAX_PAGE_SIZE
 
 CSV_COLUMNS = (
     "id",

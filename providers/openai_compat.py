@@ -8,9 +8,10 @@ becomes an `UpstreamError`, and no message or log line contains the credential.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from providers.usage import InvalidUsageError, Usage, usage_from_openai
 logger = logging.getLogger(__name__)
 
 CHAT_COMPLETIONS_PATH = "/chat/completions"
+CACHE_WRITE_TOKENS_FIELD = "cache_write_tokens"
 SSE_DONE = "[DONE]"
 # Limits on what is read from an upstream, so that a broken upstream cannot exhaust memory.
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -108,6 +110,8 @@ async def stream(
     api_key: str,
     body: Mapping[str, Any],
     timeout_s: float,
+    *,
+    require_done: bool = True,
 ) -> AsyncIterator[dict[str, Any]]:
     """Send a streaming chat completion and yield each parsed `chat.completion.chunk` object.
 
@@ -124,6 +128,9 @@ async def stream(
     "connection" when the upstream is too slow, the connection fails, or the stream ends before
     `data: [DONE]`. A `data:` line that is not a JSON object raises kind "bad_response", and an
     error object sent inside the stream raises kind "server_error".
+
+    With `require_done=False` a stream that closes without `data: [DONE]` ends normally, for
+    vendors that omit it. The caller then decides whether the stream was complete.
     """
     url = chat_completions_url(base_url)
     stream_options = dict(body.get("stream_options") or {})
@@ -168,6 +175,8 @@ async def stream(
                     return
                 yield _parse_chunk(data, upstream, api_key)
 
+        if not require_done:
+            return
         raise UpstreamError(
             "connection",
             f"upstream {upstream} closed the stream before sending data: [DONE]",
@@ -186,6 +195,59 @@ def usage_from_chunk(chunk: Mapping[str, Any]) -> Usage | None:
     if usage is None:
         return None
     return usage_from_openai(usage)
+
+
+def render_usage(usage: Usage) -> dict[str, Any]:
+    """Render a `Usage` as a Chat Completions `usage` object, the canonical form of every adapter.
+
+    Cache writes go in `prompt_tokens_details.cache_write_tokens`, the field OpenRouter documents
+    (https://openrouter.ai/docs/use-cases/usage-accounting), because OpenAI's object has none.
+    `usage_from_rendered` reads the result back without loss.
+    """
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": usage.cached_prompt_tokens,
+            CACHE_WRITE_TOKENS_FIELD: usage.cache_write_tokens,
+        },
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def usage_from_rendered(usage: Mapping[str, Any]) -> Usage:
+    """Parse a usage object in the form of `render_usage`, including its cache writes.
+
+    Reads what `usage_from_openai` reads plus `prompt_tokens_details.cache_write_tokens`.
+    Raises InvalidUsageError for the same reasons as `usage_from_openai`, and when the cache
+    writes are not a non-negative integer.
+    """
+    parsed = usage_from_openai(usage)
+    details = usage.get("prompt_tokens_details")
+    cache_write_tokens = details.get(CACHE_WRITE_TOKENS_FIELD) if isinstance(details, Mapping) else None
+    if cache_write_tokens is None:
+        return parsed
+    if isinstance(cache_write_tokens, bool) or not isinstance(cache_write_tokens, int):
+        raise InvalidUsageError(
+            f"usage.prompt_tokens_details.{CACHE_WRITE_TOKENS_FIELD} must be an integer, "
+            f"got {cache_write_tokens!r}"
+        )
+    # `replace` runs the checks of Usage again, so negative counts and overflowing parts raise.
+    return dataclasses.replace(parsed, cache_write_tokens=cache_write_tokens)
+
+
+def rendered_usage_from_chunk(chunk: Mapping[str, Any]) -> Usage | None:
+    """Return the usage of an adapter's chunk or body, read with `usage_from_rendered`.
+
+    Returns None when the chunk carries no usage. Raises InvalidUsageError when it is malformed.
+    """
+    usage = chunk.get("usage")
+    if usage is None:
+        return None
+    if not isinstance(usage, Mapping):
+        raise InvalidUsageError(f"usage must be a JSON object, got {type(usage).__name__}")
+    return usage_from_rendered(usage)
 
 
 def _request_headers(api_key: str, *, streaming: bool) -> dict[str, str]:
@@ -367,3 +429,137 @@ def _connection_error(upstream: str, exc: Exception, api_key: str) -> UpstreamEr
     return UpstreamError(
         "connection", f"connection to upstream {upstream} failed: {type(exc).__name__}: {reason}"
     )
+
+
+# Transport shared with the adapters of the other protocols (Anthropic Messages, Gemini). They
+# differ from Chat Completions in paths, headers and bodies, but not in how a failed HTTP call,
+# a slow upstream or a broken event stream becomes an UpstreamError.
+
+RetryAfterFromBody = Callable[[bytes], "float | None"]
+
+
+def describe_upstream(url: str) -> str:
+    """Name an upstream by scheme, host and port only, for messages and logs."""
+    return _describe(url)
+
+
+def error_detail(data: Mapping[str, Any], api_key: str) -> str:
+    """Format an `{"error": {"message", "type", "code"}}` object for a message, redacted."""
+    return _error_detail(data, api_key)
+
+
+async def post_json(
+    client: httpx.AsyncClient,
+    url: str,
+    json_body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    timeout_s: float,
+    api_key: str,
+    *,
+    retry_after_from_body: RetryAfterFromBody | None = None,
+) -> tuple[Any, int]:
+    """POST `json_body` and return the parsed JSON response and its HTTP status.
+
+    `timeout_s` is a deadline for the whole call. `retry_after_from_body` reads a retry delay
+    from an error body when the response has no Retry-After header.
+
+    Raises UpstreamError for a non-2xx status, a timeout, a connection failure and a body that
+    is not valid JSON (kind "bad_response"). Checking the JSON's shape is left to the caller.
+    """
+    upstream = _describe(url)
+    try:
+        with anyio.fail_after(timeout_s):
+            response = await client.post(
+                url, json=dict(json_body), headers=dict(headers), timeout=httpx.Timeout(timeout_s)
+            )
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        raise _timeout_error(upstream, timeout_s) from exc
+    except httpx.InvalidURL as exc:
+        raise _invalid_url_error(upstream) from exc
+    except httpx.TransportError as exc:
+        raise _connection_error(upstream, exc, api_key) from exc
+
+    if not response.is_success:
+        raise _status_error_with_body_delay(
+            response, response.content, upstream, api_key, retry_after_from_body
+        )
+
+    try:
+        return response.json(), response.status_code
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UpstreamError(
+            "bad_response",
+            f"upstream {upstream} returned a body that is not valid JSON: "
+            f"{redact(response.text, api_key)!r}",
+            status_code=response.status_code,
+        ) from exc
+
+
+async def stream_sse_data(
+    client: httpx.AsyncClient,
+    url: str,
+    json_body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    timeout_s: float,
+    api_key: str,
+    *,
+    retry_after_from_body: RetryAfterFromBody | None = None,
+) -> AsyncIterator[str]:
+    """POST `json_body` and yield the data of each server-sent event of the response.
+
+    Raises UpstreamError on the first iteration for a non-2xx status or a JSON body in place of
+    an event stream, and at any point for a timeout or a dropped connection, as `stream` does.
+    It does not decide whether the stream ended early: the caller checks the protocol's own end
+    marker. `timeout_s` bounds connecting and each wait for data. Closing the generator early
+    closes the HTTP response.
+    """
+    upstream = _describe(url)
+    try:
+        request = client.build_request(
+            "POST",
+            url,
+            json=dict(json_body),
+            headers=dict(headers),
+            timeout=httpx.Timeout(timeout_s),
+        )
+        response = await client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        raise _timeout_error(upstream, timeout_s) from exc
+    except httpx.InvalidURL as exc:
+        raise _invalid_url_error(upstream) from exc
+    except httpx.TransportError as exc:
+        raise _connection_error(upstream, exc, api_key) from exc
+
+    try:
+        if not response.is_success:
+            error_body = await _read_limited(response, upstream, timeout_s, api_key)
+            raise _status_error_with_body_delay(
+                response, error_body, upstream, api_key, retry_after_from_body
+            )
+        if response.headers.get("content-type", "").startswith("application/json"):
+            json_body_text = await _read_limited(response, upstream, timeout_s, api_key)
+            raise UpstreamError(
+                "bad_response",
+                f"upstream {upstream} returned JSON instead of an event stream: "
+                f"{_error_detail_from_body(json_body_text, api_key)}",
+                status_code=response.status_code,
+            )
+
+        async with aclosing(_iter_sse_data(response, upstream, timeout_s, api_key)) as events:
+            async for data in events:
+                yield data
+    finally:
+        await response.aclose()
+
+
+def _status_error_with_body_delay(
+    response: httpx.Response,
+    body: bytes,
+    upstream: str,
+    api_key: str,
+    retry_after_from_body: RetryAfterFromBody | None,
+) -> UpstreamError:
+    error = _status_error(response, body, upstream, api_key)
+    if error.retry_after_s is None and retry_after_from_body is not None:
+        error.retry_after_s = retry_after_from_body(body)
+    return error
