@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from marketplace import ledger, spend
@@ -23,8 +24,9 @@ from providers.usage import Usage
 logger = logging.getLogger(__name__)
 
 
-def hold_transfer_id(generation_id: str) -> str:
-    return f"hold:{generation_id}"
+def hold_transfer_id(generation_id: str, attempt: int = 0) -> str:
+    """The hold of one attempt; a call that falls back to another listing holds again per attempt."""
+    return f"hold:{generation_id}" if attempt == 0 else f"hold:{generation_id}:{attempt}"
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,16 @@ def open_call(
     hold_ttl_s: int,
     spend_limit_nano_usd: int | None = None,
     spend_limit_period: str | None = None,
+    attempt: int = 0,
 ) -> OpenedCall:
     """Hold the call's largest possible cost against the balance and the key's spend limit.
 
     Raises RateLimited when the spend limit cannot take the hold and InsufficientBalance when
-    the balance cannot, and then writes nothing.
+    the balance cannot, and then writes nothing. Attempt 0 creates the generation record; a
+    fallback attempt moves it to the new listing, after the previous attempt's hold was voided.
     """
     now = utcnow()
-    hold_id = hold_transfer_id(generation_id)
+    hold_id = hold_transfer_id(generation_id, attempt)
     period = spend.period_for(spend_limit_period, now) if spend_limit_nano_usd is not None and spend_limit_period else None
     try:
         with db.transaction() as session:
@@ -63,21 +67,30 @@ def open_call(
                 spend.reserve(session, api_key_id, period, spend_limit_nano_usd, hold_nano_usd)
             buyer = ledger.get_buyer_account(session, account_id)
             clearing = ledger.get_or_create_account(session, ledger.USAGE_CLEARING, "usage_clearing")
-            session.add(
-                Generation(
-                    id=generation_id,
-                    account_id=account_id,
-                    api_key_id=api_key_id,
-                    listing_id=listing_id,
-                    model=model,
-                    stream=stream,
-                    status="pending",
-                    hold_nano_usd=hold_nano_usd,
-                    hold_transfer_id=hold_id,
-                    spend_period=period,
-                    created_at=now,
+            if attempt == 0:
+                session.add(
+                    Generation(
+                        id=generation_id,
+                        account_id=account_id,
+                        api_key_id=api_key_id,
+                        listing_id=listing_id,
+                        model=model,
+                        stream=stream,
+                        status="pending",
+                        hold_nano_usd=hold_nano_usd,
+                        hold_transfer_id=hold_id,
+                        spend_period=period,
+                        created_at=now,
+                    )
                 )
-            )
+            else:
+                generation = session.get(Generation, generation_id, with_for_update=True)
+                assert generation is not None and generation.status == "failed", f"generation {generation_id} cannot fall back"
+                generation.listing_id = listing_id
+                generation.status = "pending"
+                generation.hold_nano_usd = hold_nano_usd
+                generation.hold_transfer_id = hold_id
+                generation.spend_period = period
             session.flush()
             ledger.place_hold(
                 session,
@@ -94,7 +107,14 @@ def open_call(
             f"{exc.requested_nano_usd} nano-USD; top up, or lower max_tokens",
             code="insufficient_balance",
         ) from exc
-    return OpenedCall(generation_id, hold_id, hold_nano_usd, now)
+    return OpenedCall(generation_id, hold_id, hold_nano_usd, now if attempt == 0 else _started_at(db, generation_id))
+
+
+def _started_at(db: Database, generation_id: str) -> dt.datetime:
+    with db.session() as session:
+        generation = session.get(Generation, generation_id)
+        assert generation is not None
+        return generation.created_at
 
 
 @dataclass(frozen=True)
@@ -186,7 +206,7 @@ def expire_holds(session: Session, now: dt.datetime | None = None, limit: int = 
         try:
             with session.begin_nested():
                 ledger.expire_hold(session, hold_id)
-                generation = session.get(Generation, hold_id.removeprefix("hold:"))
+                generation = session.scalar(select(Generation).where(Generation.hold_transfer_id == hold_id))
                 if generation is not None and generation.status == "pending":
                     _release_spend(session, generation, 0)
                     generation.status = "expired"

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -159,8 +160,15 @@ class Listing(Base):
     offer_cache_write_micro_usd_per_mtok: Mapped[int] = mapped_column(BigInteger)
     offer_output_micro_usd_per_mtok: Mapped[int] = mapped_column(BigInteger)
     max_output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # "active", "paused" or "deleted".
+    # The supplier's own upstream limits, enforced across API processes; None means no limit.
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    region: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # "active", "paused" (failing upstream, probed until it recovers) or "deleted".
     status: Mapped[str] = mapped_column(String(10), default="active")
+    paused_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    paused_at: Mapped[dt.datetime | None] = mapped_column(Timestamp(), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow, onupdate=utcnow)
 
@@ -243,10 +251,24 @@ class Deposit(Base):
     amount_nano_usd: Mapped[int] = mapped_column(BigInteger)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), nullable=True, index=True)
     # pending, credited, orphaned, or unattributed (the sender is no bound wallet).
+    # Also reversed (credited, then removed by a reorganisation) and rejected (the receipt
+    # does not confirm the log, or the amount does not fit the ledger).
     status: Mapped[str] = mapped_column(String(15))
     transfer_id: Mapped[str | None] = mapped_column(String(160), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow, onupdate=utcnow)
+    # "transfer" (an ERC-20 Transfer to the treasury) or "vault" (a TopUpVault Deposited event).
+    source: Mapped[str] = mapped_column(String(10), default="transfer")
+    # The vault event's 32-byte account reference as 0x-prefixed hex; None for plain transfers.
+    account_ref: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    # How many times a credit of this log was reversed. A later credit of the same log, after
+    # it was included again, gets a transfer id with this count appended.
+    reversal_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The part of the last reversal that the buyer's balance could not cover, owed by the buyer.
+    shortfall_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    credited_at: Mapped[dt.datetime | None] = mapped_column(Timestamp(), nullable=True)
+    reversed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp(), nullable=True)
+    status_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
 
 
 class ChainCursor(Base):
@@ -257,6 +279,12 @@ class ChainCursor(Base):
     chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     last_block: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow, onupdate=utcnow)
+    # The hash of last_block when it was processed. A different canonical hash later means a
+    # reorganisation reached below the cursor.
+    last_block_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    # The chain head and the highest creditable block at the last poll, for deposit status.
+    head_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    safe_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Generation(Base):
@@ -281,10 +309,155 @@ class Generation(Base):
     usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     hold_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
-    hold_transfer_id: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    hold_transfer_id: Mapped[str | None] = mapped_column(String(160), nullable=True, index=True)
     # The API key's spend-limit period this call's hold was reserved in, or None without a limit.
     spend_period: Mapped[str | None] = mapped_column(String(20), nullable=True)
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp(), nullable=True)
+
+
+class Payout(Base):
+    """A supplier's earnings sent from the treasury on-chain, reserved in the ledger until it confirms.
+
+    Every transaction of one payout uses the same nonce until one is mined, so at most one of
+    them can transfer the tokens. A transaction that reverted consumes the nonce, and only then
+    does the next attempt take a new nonce.
+    """
+
+    __tablename__ = "payouts"
+    __table_args__ = (Index("ix_payouts_chain_status", "chain_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    supplier_id: Mapped[int] = mapped_column(ForeignKey("suppliers.id"), index=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    token_address: Mapped[str] = mapped_column(String(42))
+    to_address: Mapped[str] = mapped_column(String(42))
+    # The raw token amount as a decimal string: uint256 does not fit a 64-bit column.
+    amount_units: Mapped[str] = mapped_column(String(80))
+    amount_nano_usd: Mapped[int] = mapped_column(BigInteger)
+    # open (reserved, transactions in flight), confirmed, or failed (amount returned).
+    status: Mapped[str] = mapped_column(String(15), default="open")
+    # The treasury nonce of the current attempt; None before the first attempt is signed.
+    nonce: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Set when confirmed: the mined transaction and the ledger transfer keyed by it.
+    tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True, unique=True)
+    block_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    block_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    transfer_id: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow, onupdate=utcnow)
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp(), nullable=True)
+
+
+class PayoutAttempt(Base):
+    """One signed transaction of a payout. It is stored before it is broadcast, so a crash
+    after broadcasting can only lead to the same transaction being sent again."""
+
+    __tablename__ = "payout_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payout_id: Mapped[int] = mapped_column(ForeignKey("payouts.id"), index=True)
+    nonce: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(String(66), unique=True)
+    # The signed transaction as 0x-prefixed hex. It holds no secret and is public once broadcast.
+    raw_transaction: Mapped[str] = mapped_column(Text)
+    max_fee_per_gas_wei: Mapped[str] = mapped_column(String(80))
+    max_priority_fee_per_gas_wei: Mapped[str] = mapped_column(String(80))
+    # signed, reverted or replaced.
+    status: Mapped[str] = mapped_column(String(15), default="signed")
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow)
+    broadcast_at: Mapped[dt.datetime | None] = mapped_column(Timestamp(), nullable=True)
+
+
+class SignerNonce(Base):
+    """The next nonce that Tokenport assigns to a signing account on one chain.
+
+    Its row is locked while a nonce is assigned, so concurrent payout runs never sign two
+    transactions with the same nonce.
+    """
+
+    __tablename__ = "signer_nonces"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    address: Mapped[str] = mapped_column(String(42), primary_key=True)
+    next_nonce: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class SettlementPeriod(Base):
+    """A closed settlement period: its bounds, roots and totals, and its on-chain commitment.
+
+    Timestamps are Unix seconds, and the period is [from_timestamp, to_timestamp). Roots are
+    0x-hex. status is "built" once the trees are stored and "committed" once the
+    SettlementRegistry holds the period.
+    """
+
+    __tablename__ = "settlement_periods"
+
+    period_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    registry_address: Mapped[str] = mapped_column(String(42))
+    from_timestamp: Mapped[int] = mapped_column(BigInteger)
+    to_timestamp: Mapped[int] = mapped_column(BigInteger, unique=True)
+    previous_ledger_root: Mapped[str] = mapped_column(String(66))
+    ledger_root: Mapped[str] = mapped_column(String(66))
+    balances_root: Mapped[str] = mapped_column(String(66))
+    records_root: Mapped[str] = mapped_column(String(66))
+    total_liabilities_nano_usd: Mapped[int] = mapped_column(BigInteger)
+    total_buyer_liabilities_nano_usd: Mapped[int] = mapped_column(BigInteger)
+    total_supplier_liabilities_nano_usd: Mapped[int] = mapped_column(BigInteger)
+    total_usage_nano_usd: Mapped[int] = mapped_column(BigInteger)
+    total_deposits_nano_usd: Mapped[int] = mapped_column(BigInteger)
+    total_payouts_nano_usd: Mapped[int] = mapped_column(BigInteger)
+    record_count: Mapped[int] = mapped_column(BigInteger)
+    balance_count: Mapped[int] = mapped_column(BigInteger)
+    # The export form of each reserve source: the chain, token and holder whose balance backs
+    # liabilities, and the chain's confirmation depth.
+    reserve_sources: Mapped[list[dict]] = mapped_column(JSON)
+    # built or committed.
+    status: Mapped[str] = mapped_column(String(10))
+    commit_tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    commit_block_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # SHA-256 of the export file, as hex, once the period is committed.
+    export_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp(), default=utcnow)
+    committed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp(), nullable=True)
+
+
+class SettlementLeaf(Base):
+    """One leaf of a period's balances or records tree, with its fields in export form."""
+
+    __tablename__ = "settlement_leaves"
+    __table_args__ = (Index("ix_settlement_leaves_owner", "period_id", "owner_account_id", "tree", "leaf_index"),)
+
+    period_id: Mapped[int] = mapped_column(ForeignKey("settlement_periods.period_id"), primary_key=True)
+    # balances or records.
+    tree: Mapped[str] = mapped_column(String(10), primary_key=True)
+    leaf_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # balance, usage, deposit, payout or adjustment.
+    kind: Mapped[str] = mapped_column(String(20))
+    record_key: Mapped[str] = mapped_column(String(200))
+    # The account that may fetch this leaf's proof: the buyer, or the supplier's account.
+    owner_account_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    fields: Mapped[dict] = mapped_column(JSON)
+    leaf_hash: Mapped[str] = mapped_column(String(66))
+
+
+class SettlementTreeChunk(Base):
+    """Up to a fixed number of consecutive nodes of one level of a period's tree, for proofs.
+
+    hashes holds 32 bytes per node. sums holds each node's sum in the balances tree as 16
+    big-endian bytes (uint128), and is null in the records tree.
+    """
+
+    __tablename__ = "settlement_tree_chunks"
+
+    period_id: Mapped[int] = mapped_column(ForeignKey("settlement_periods.period_id"), primary_key=True)
+    tree: Mapped[str] = mapped_column(String(10), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hashes: Mapped[bytes] = mapped_column(LargeBinary)
+    sums: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

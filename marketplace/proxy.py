@@ -16,16 +16,19 @@ from typing import Any
 import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
 
 from marketplace import listings, metering
 from marketplace.credentials import decrypt_credential
 from marketplace.db import Database
-from marketplace.errors import Forbidden, InvalidRequest, RateLimited, UpstreamFailed, UpstreamUnavailable
-from marketplace.models import Listing
+from marketplace.errors import Forbidden, InvalidRequest, NotFound, RateLimited, UpstreamFailed, UpstreamUnavailable
+from marketplace.models import Listing, Supplier
 from marketplace.pricing import cost_nano_usd, max_cost_nano_usd
 from marketplace.ratelimit import RateLimiter, Reservation
 from marketplace.settings import Settings
-from providers import openai_compat
+from marketplace.health import HealthTracker
+from marketplace.routing import order_candidates, parse_preferences
+from providers.registry import get_adapter
 from providers.errors import UpstreamError
 from providers.tokens import count_prompt_tokens, count_text_tokens
 from providers.usage import InvalidUsageError, Usage, usage_from_openai
@@ -40,12 +43,15 @@ TEMPLATE_TOKENS_PER_REQUEST = 16
 
 @dataclass(frozen=True)
 class OpenCall:
-    """A call with its listing chosen and its hold placed, ready for the upstream."""
+    """One attempt of a call: its listing chosen, its limits counted and its hold placed."""
 
     listing: Listing
     call: metering.OpenedCall
     body: dict[str, Any]
-    tokens_reserved: Reservation | None
+    # Token-count reservations of the supplier's limits, corrected to the real usage later.
+    token_reservations: tuple[Reservation, ...]
+    # The key's token reservation, shared by every attempt and corrected once, at settlement.
+    key_reservations: tuple[Reservation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=16)
+    # OpenRouter-style routing preferences; read here, never sent upstream.
+    provider: dict[str, Any] | None = None
 
 
 def parse_chat_request(body: Any) -> ChatCompletionRequest:
@@ -121,8 +129,21 @@ def _text_of_choice(choice: dict[str, Any]) -> str:
     return "".join(part for part in parts if isinstance(part, str))
 
 
+def should_fall_back(exc: UpstreamError) -> bool:
+    """Whether another listing may succeed where this one failed.
+
+    A 400 or 422 from the upstream rejects the buyer's request itself, so it is returned as is.
+    A 401, 403 or 404 means the supplier's credential or model name is broken.
+    """
+    if exc.kind == "client_error":
+        return exc.status_code in (401, 403, 404)
+    return True
+
+
 def _upstream_error(exc: UpstreamError) -> Exception:
     message = f"upstream failed: {exc.message}"
+    if exc.kind == "client_error" and exc.status_code in (400, 422):
+        return InvalidRequest(f"upstream rejected the request: {exc.message}", code="upstream_invalid_request")
     if exc.kind == "rate_limited":
         return RateLimited(f"upstream rate limit reached: {exc.message}", retry_after_s=exc.retry_after_s, code="upstream_rate_limited")
     if exc.kind in ("timeout", "connection"):
@@ -136,27 +157,39 @@ class MeteringProxy:
         self.settings = settings
         self.client = client
         self.limiter = limiter
+        self.health = HealthTracker(db, settings, limiter)
 
-    def _check_model_allowed(self, caller: Caller, model: str) -> None:
-        if caller.allowed_models is not None and model not in caller.allowed_models:
-            raise Forbidden(f"model {model!r} is not in this API key's allowlist", param="model", code="model_not_allowed")
+    # Routing and limits ---------------------------------------------------------------------
 
-    def _choose_listing(self, model: str) -> Listing:
+    def _load_candidates(self, model: str) -> list[tuple[Listing, str]]:
         with self.db.session() as session:
-            return listings.choose_listing(session, model)
+            rows = session.execute(
+                select(Listing, Supplier.name)
+                .join(Supplier, Supplier.id == Listing.supplier_id)
+                .where(Listing.model == model, Listing.status == "active")
+            )
+            return [(listing, name) for listing, name in rows]
 
-    def _upstream_body(self, request: ChatCompletionRequest, listing: Listing, max_completion_tokens: int) -> dict[str, Any]:
-        body = request.model_dump(exclude_none=True)
-        body["model"] = listing.upstream_model
-        if request.max_tokens is None and request.max_completion_tokens is None:
-            # The hold assumes this bound, so the upstream must be told it too.
-            body["max_tokens"] = max_completion_tokens
-        return body
+    async def _route(self, caller: Caller, request: ChatCompletionRequest) -> list[Listing]:
+        if caller.allowed_models is not None and request.model not in caller.allowed_models:
+            raise Forbidden(f"model {request.model!r} is not in this API key's allowlist", param="model", code="model_not_allowed")
+        preferences = parse_preferences(request.provider)
+        available = await anyio.to_thread.run_sync(self._load_candidates, request.model)
+        if not available:
+            raise NotFound(f"model {request.model!r} is not on sale; GET /v1/models lists what is", param="model", code="model_not_found")
+        ordered = order_candidates(available, preferences)
+        if not ordered:
+            raise NotFound(
+                f"no listing of {request.model!r} matches the provider preferences; GET /v1/offers?model={request.model} lists them",
+                param="provider",
+                code="no_matching_listing",
+            )
+        return ordered[: self.settings.max_fallbacks + 1]
 
-    async def _check_rate_limits(self, caller: Caller, request: ChatCompletionRequest, max_completion: int) -> Reservation | None:
-        """Count the call against the key's request and token limits; returns the token reservation."""
+    async def _count_key_limits(self, caller: Caller, request: ChatCompletionRequest) -> list[Reservation]:
+        """Count the call against the key's request and token limits, before any upstream call."""
         if caller.requests_per_minute is not None:
-            decision = await self.limiter.acquire(f"rpm:{caller.api_key_id}", 1, caller.requests_per_minute)
+            decision = await self.limiter.acquire(f"key:{caller.api_key_id}:rpm", 1, caller.requests_per_minute)
             if not decision.allowed:
                 raise RateLimited(
                     f"API key limit of {caller.requests_per_minute} requests per minute reached",
@@ -164,33 +197,68 @@ class MeteringProxy:
                     code="requests_per_minute_exceeded",
                 )
         if caller.tokens_per_minute is None:
-            return None
-        tokens = count_prompt_tokens(request.messages) + max_completion * request.n
-        decision = await self.limiter.acquire(f"tpm:{caller.api_key_id}", tokens, caller.tokens_per_minute)
+            return []
+        tokens = self._token_estimate(request, request.max_tokens or request.max_completion_tokens or self.settings.default_max_output_tokens)
+        decision = await self.limiter.acquire(f"key:{caller.api_key_id}:tpm", tokens, caller.tokens_per_minute)
         if not decision.allowed:
             raise RateLimited(
                 f"API key limit of {caller.tokens_per_minute} tokens per minute reached; this call may use {tokens} tokens",
                 retry_after_s=decision.retry_after_s,
                 code="tokens_per_minute_exceeded",
             )
-        return decision.reservation
+        return [decision.reservation] if decision.reservation else []
 
-    async def _open(self, caller: Caller, request: ChatCompletionRequest) -> OpenCall:
-        self._check_model_allowed(caller, request.model)
-        listing = await anyio.to_thread.run_sync(self._choose_listing, request.model)
+    @staticmethod
+    def _token_estimate(request: ChatCompletionRequest, max_completion: int) -> int:
+        return count_prompt_tokens(request.messages) + max_completion * request.n
 
+    async def _count_supplier_limits(self, listing: Listing, tokens: int) -> tuple[list[Reservation], float] | None:
+        """Count the call against the listing's supplier limits; None with no change when one is reached."""
+        limits = [
+            (f"listing:{listing.id}:rpm", 1, listing.requests_per_minute, 60, False),
+            (f"listing:{listing.id}:tpm", tokens, listing.tokens_per_minute, 60, True),
+            (f"listing:{listing.id}:tpd", tokens, listing.tokens_per_day, 86_400, True),
+        ]
+        taken: list[tuple[Reservation, bool]] = []
+        for subject, amount, limit, window_s, counts_tokens in limits:
+            if limit is None:
+                continue
+            decision = await self.limiter.acquire(subject, amount, limit, window_s)
+            if not decision.allowed:
+                for reservation, _ in taken:
+                    await self.limiter.adjust(reservation, -reservation.amount)
+                logger.info("listing skipped at its supplier limit", extra={"listing_id": listing.id, "limit": subject})
+                return None
+            assert decision.reservation is not None
+            taken.append((decision.reservation, counts_tokens))
+        return [reservation for reservation, counts_tokens in taken if counts_tokens], 0.0
+
+    def _upstream_body(self, request: ChatCompletionRequest, listing: Listing, max_completion: int) -> dict[str, Any]:
+        body = request.model_dump(exclude_none=True, exclude={"provider"})
+        body["model"] = listing.upstream_model
+        if request.max_tokens is None and request.max_completion_tokens is None:
+            # The hold assumes this bound, so the upstream must be told it too.
+            body["max_tokens"] = max_completion
+        return body
+
+    async def _open_attempt(
+        self, caller: Caller, request: ChatCompletionRequest, listing: Listing, generation_id: str, attempt: int, key_reservations: list[Reservation]
+    ) -> OpenCall | None:
+        """Place the hold for one listing; None when the listing is at its supplier limits."""
         max_completion = request.max_tokens or request.max_completion_tokens or listing.max_output_tokens or self.settings.default_max_output_tokens
         if listing.max_output_tokens is not None and max_completion > listing.max_output_tokens:
-            raise InvalidRequest(
-                f"max_tokens {max_completion} exceeds this model's limit of {listing.max_output_tokens}", param="max_tokens"
-            )
+            raise InvalidRequest(f"max_tokens {max_completion} exceeds this model's limit of {listing.max_output_tokens}", param="max_tokens")
+        counted = await self._count_supplier_limits(listing, self._token_estimate(request, max_completion))
+        if counted is None:
+            return None
+        supplier_reservations, _ = counted
+
         hold = max_cost_nano_usd(prompt_token_bound(request.messages), max_completion * request.n, listings.listing_prices(listing))
-        tokens_reserved = await self._check_rate_limits(caller, request, max_completion)
         try:
             call = await anyio.to_thread.run_sync(
                 lambda: metering.open_call(
                     self.db,
-                    generation_id=new_generation_id(),
+                    generation_id=generation_id,
                     account_id=caller.account_id,
                     api_key_id=caller.api_key_id,
                     listing_id=listing.id,
@@ -200,20 +268,27 @@ class MeteringProxy:
                     hold_ttl_s=self.settings.hold_ttl_s,
                     spend_limit_nano_usd=caller.spend_limit_nano_usd,
                     spend_limit_period=caller.spend_limit_period,
+                    attempt=attempt,
                 )
             )
         except BaseException:
-            if tokens_reserved is not None:
-                await self.limiter.adjust(tokens_reserved, -tokens_reserved.amount)
+            await self._release_reservations(supplier_reservations)
             raise
-        return OpenCall(listing, call, self._upstream_body(request, listing, max_completion), tokens_reserved)
+        body = self._upstream_body(request, listing, max_completion)
+        return OpenCall(listing, call, body, tuple(supplier_reservations), tuple(key_reservations))
 
-    async def _correct_token_reservation(self, opened: OpenCall, usage: Usage | None) -> None:
-        if opened.tokens_reserved is None:
-            return
+    async def _release_reservations(self, reservations) -> None:  # type: ignore[no-untyped-def]
+        with anyio.CancelScope(shield=True):
+            for reservation in reservations:
+                await self.limiter.adjust(reservation, -reservation.amount)
+
+    async def _correct_token_reservations(self, reservations: tuple[Reservation, ...], usage: Usage | None) -> None:
         used = usage.total_tokens if usage is not None else 0
         with anyio.CancelScope(shield=True):
-            await self.limiter.adjust(opened.tokens_reserved, used - opened.tokens_reserved.amount)
+            for reservation in reservations:
+                await self.limiter.adjust(reservation, used - reservation.amount)
+
+    # Settlement ------------------------------------------------------------------------------
 
     async def _fail(self, opened: OpenCall, exc: UpstreamError) -> None:
         call = opened.call
@@ -223,7 +298,9 @@ class MeteringProxy:
         )
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: metering.fail_call(self.db, call, error=f"{exc.kind}: {exc.message}"))
-        await self._correct_token_reservation(opened, None)
+            await self._correct_token_reservations(opened.token_reservations, None)
+            if should_fall_back(exc):
+                await self.health.record(opened.listing.id, ok=False, detail=f"{exc.kind} {exc.status_code or ''}".strip())
 
     async def _settle(self, opened: OpenCall, usage: Usage, status: str, error: str | None = None) -> metering.SettledCall:
         listing = opened.listing
@@ -241,57 +318,108 @@ class MeteringProxy:
                     error=error,
                 )
             )
-        await self._correct_token_reservation(opened, usage)
+            await self._correct_token_reservations(opened.token_reservations + opened.key_reservations, usage)
         return settled
 
     def _credential(self, listing: Listing) -> str:
         return decrypt_credential(self.settings, listing.upstream_credential_encrypted)
 
-    async def complete(self, caller: Caller, request: ChatCompletionRequest) -> tuple[dict[str, Any], str]:
-        opened = await self._open(caller, request)
-        call, listing = opened.call, opened.listing
-        try:
-            result = await openai_compat.complete(
-                self.client, listing.upstream_base_url, self._credential(listing), opened.body, self.settings.upstream_timeout_s
-            )
-        except UpstreamError as exc:
-            await self._fail(opened, exc)
-            raise _upstream_error(exc) from exc
+    # Calls -----------------------------------------------------------------------------------
 
+    async def _prepare(self, caller: Caller, request: ChatCompletionRequest) -> tuple[list[Listing], list[Reservation], str]:
+        candidates = await self._route(caller, request)
+        key_reservations = await self._count_key_limits(caller, request)
+        return candidates, key_reservations, new_generation_id()
+
+    def _exhausted(self, request: ChatCompletionRequest, last_error: UpstreamError | None) -> Exception:
+        """The error for a call whose every candidate failed or was at its supplier limits."""
+        if last_error is not None:
+            return _upstream_error(last_error)
+        return RateLimited(
+            f"every listing of {request.model!r} is at its supplier's rate limit; retry shortly",
+            retry_after_s=60,
+            code="supplier_limits_reached",
+        )
+
+    async def complete(self, caller: Caller, request: ChatCompletionRequest) -> tuple[dict[str, Any], str]:
+        candidates, key_reservations, generation_id = await self._prepare(caller, request)
+        last_error: UpstreamError | None = None
+        attempt = 0
+        try:
+            for listing in candidates:
+                opened = await self._open_attempt(caller, request, listing, generation_id, attempt, key_reservations)
+                if opened is None:
+                    continue
+                attempt += 1
+                adapter = get_adapter(listing.upstream_protocol)
+                try:
+                    result = await adapter.complete(
+                        self.client, listing.upstream_base_url, self._credential(listing), opened.body, self.settings.upstream_timeout_s
+                    )
+                except UpstreamError as exc:
+                    await self._fail(opened, exc)
+                    last_error = exc
+                    if not should_fall_back(exc):
+                        break
+                    continue
+                await self.health.record(listing.id, ok=True)
+                return await self._finish_completion(request, opened, result), generation_id
+        except BaseException:
+            await self._release_reservations(key_reservations)
+            raise
+        await self._release_reservations(key_reservations)
+        raise self._exhausted(request, last_error)
+
+    async def _finish_completion(self, request: ChatCompletionRequest, opened: OpenCall, result) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         usage = result.usage
         if usage is None:
             completion_text = "".join(_text_of_choice(choice) for choice in result.body.get("choices") or [])
-            usage = Usage(
-                prompt_tokens=count_prompt_tokens(request.messages),
-                completion_tokens=count_text_tokens(completion_text),
-                estimated=True,
-            )
+            usage = Usage(prompt_tokens=count_prompt_tokens(request.messages), completion_tokens=count_text_tokens(completion_text), estimated=True)
         settled = await self._settle(opened, usage, "completed")
 
         response = dict(result.body)
-        response["id"] = call.generation_id
-        response["model"] = listing.model
+        response["id"] = opened.call.generation_id
+        response["model"] = opened.listing.model
         response["usage"] = usage_body(usage, settled.charged_nano_usd)
-        return response, call.generation_id
+        return response
 
-    async def open_stream(self, caller: Caller, request: ChatCompletionRequest) -> tuple[AsyncIterator[bytes], str]:
-        """Start a streamed call. Errors before the first upstream chunk raise here, costing nothing."""
-        opened = await self._open(caller, request)
-        listing = opened.listing
-        upstream = openai_compat.stream(
-            self.client, listing.upstream_base_url, self._credential(listing), opened.body, self.settings.upstream_timeout_s
-        )
+    async def open_stream(self, caller: Caller, request: ChatCompletionRequest) -> tuple[AsyncIterator[dict[str, Any]], str]:
+        """Start a streamed call and return its events: OpenAI chunk dicts, then an error dict if
+        the upstream failed mid-stream, then a final chunk with the charged usage.
+
+        A failure before the first upstream chunk falls back to the next listing and costs
+        nothing; when every listing fails, the error is raised here, before any output.
+        """
+        candidates, key_reservations, generation_id = await self._prepare(caller, request)
+        last_error: UpstreamError | None = None
+        attempt = 0
         try:
-            first = await upstream.__anext__()
-        except UpstreamError as exc:
-            await upstream.aclose()
-            await self._fail(opened, exc)
-            raise _upstream_error(exc) from exc
-        except StopAsyncIteration:
-            exc = UpstreamError("bad_response", "upstream closed the stream before sending any chunk")
-            await self._fail(opened, exc)
-            raise _upstream_error(exc) from None
-        return self._relay(request, opened, first, upstream), opened.call.generation_id
+            for listing in candidates:
+                opened = await self._open_attempt(caller, request, listing, generation_id, attempt, key_reservations)
+                if opened is None:
+                    continue
+                attempt += 1
+                adapter = get_adapter(listing.upstream_protocol)
+                upstream = adapter.stream(
+                    self.client, listing.upstream_base_url, self._credential(listing), opened.body, self.settings.upstream_timeout_s
+                )
+                try:
+                    first = await upstream.__anext__()
+                except (UpstreamError, StopAsyncIteration) as caught:
+                    await upstream.aclose()
+                    exc = caught if isinstance(caught, UpstreamError) else UpstreamError("bad_response", "upstream closed the stream before sending any chunk")
+                    await self._fail(opened, exc)
+                    last_error = exc
+                    if not should_fall_back(exc):
+                        break
+                    continue
+                await self.health.record(listing.id, ok=True)
+                return self._relay(request, opened, first, upstream), generation_id
+        except BaseException:
+            await self._release_reservations(key_reservations)
+            raise
+        await self._release_reservations(key_reservations)
+        raise self._exhausted(request, last_error)
 
     async def _relay(
         self,
@@ -299,8 +427,8 @@ class MeteringProxy:
         opened: OpenCall,
         first: dict[str, Any],
         upstream: AsyncIterator[dict[str, Any]],
-    ) -> AsyncIterator[bytes]:
-        """Relay upstream chunks as SSE and settle the call exactly once, however the stream ends."""
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Relay upstream chunks and settle the call exactly once, however the stream ends."""
         call, listing = opened.call, opened.listing
         delivered: list[str] = []
         reported: Usage | None = None
@@ -333,9 +461,9 @@ class MeteringProxy:
                     chunk.pop("usage", None)
                     text = "".join(_text_of_choice(choice) for choice in choices)
                     finished = finished or any(choice.get("finish_reason") for choice in choices)
-                    yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-                    # Counted only once the chunk was handed to the client, so a disconnect
-                    # never bills a chunk the client did not get.
+                    yield chunk
+                    # Counted only once the chunk was handed on, so a disconnect never bills
+                    # a chunk the client did not get.
                     delivered.append(text)
             except UpstreamError as exc:
                 error = exc
@@ -348,8 +476,8 @@ class MeteringProxy:
             settled = True
 
             if error is not None:
-                yield b"data: " + json.dumps(_upstream_error(error).body(), separators=(",", ":")).encode() + b"\n\n"
-            final = {
+                yield _upstream_error(error).body()
+            yield {
                 "id": call.generation_id,
                 "object": "chat.completion.chunk",
                 "created": first.get("created", 0),
@@ -357,8 +485,6 @@ class MeteringProxy:
                 "choices": [],
                 "usage": usage_body(usage, settled_call.charged_nano_usd),
             }
-            yield b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
         finally:
             if not settled:
                 # The client went away mid-stream: charge the prompt and what was delivered.
@@ -374,3 +500,10 @@ class MeteringProxy:
         except InvalidUsageError as exc:
             logger.warning("upstream usage is invalid; counting locally", extra={"generation_id": generation_id, "error": str(exc)})
             return None
+
+
+async def openai_sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """Serialize relay events as OpenAI's server-sent events, ending with `data: [DONE]`."""
+    async for event in events:
+        yield b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"

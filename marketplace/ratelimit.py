@@ -1,4 +1,4 @@
-"""Request and token rate limits in fixed one-minute windows, shared by every API process through Redis.
+"""Rate limits and counters in fixed time windows, shared by every API process through Redis.
 
 Each limit is a counter per (subject, window). `acquire` adds an amount only if the counter stays
 within the limit, in one atomic step, so parallel calls in any number of processes cannot pass
@@ -50,14 +50,18 @@ class Decision:
 
 
 class RateLimiter(Protocol):
-    async def acquire(self, subject: str, amount: int, limit: int) -> Decision: ...
+    async def acquire(self, subject: str, amount: int, limit: int, window_s: int = WINDOW_S) -> Decision: ...
 
     async def adjust(self, reservation: Reservation, delta: int) -> None: ...
 
+    async def increment(self, subject: str, amount: int, window_s: int) -> int: ...
 
-def _window(now: float) -> tuple[int, float]:
-    start = int(now // WINDOW_S) * WINDOW_S
-    return start, start + WINDOW_S - now
+    async def read(self, subject: str, window_s: int) -> int: ...
+
+
+def _window(now: float, window_s: int) -> tuple[int, float]:
+    start = int(now // window_s) * window_s
+    return start, start + window_s - now
 
 
 class RedisRateLimiter:
@@ -68,10 +72,10 @@ class RedisRateLimiter:
         self._acquire = self._redis.register_script(_ACQUIRE_SCRIPT)
         self.prefix = prefix
 
-    async def acquire(self, subject: str, amount: int, limit: int) -> Decision:
-        start, retry_after = _window(time.time())
+    async def acquire(self, subject: str, amount: int, limit: int, window_s: int = WINDOW_S) -> Decision:
+        start, retry_after = _window(time.time(), window_s)
         key = f"{self.prefix}:{subject}:{start}"
-        allowed, _ = await self._acquire(keys=[key], args=[amount, limit, WINDOW_S])
+        allowed, _ = await self._acquire(keys=[key], args=[amount, limit, window_s])
         if not allowed:
             return Decision(False, None, retry_after)
         return Decision(True, Reservation(key, amount), 0.0)
@@ -79,6 +83,20 @@ class RedisRateLimiter:
     async def adjust(self, reservation: Reservation, delta: int) -> None:
         if delta:
             await self._redis.incrby(reservation.key, delta)
+
+    async def increment(self, subject: str, amount: int, window_s: int) -> int:
+        start, _ = _window(time.time(), window_s)
+        key = f"{self.prefix}:{subject}:{start}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incrby(key, amount)
+            pipe.expire(key, window_s * 2)
+            value, _ = await pipe.execute()
+        return int(value)
+
+    async def read(self, subject: str, window_s: int) -> int:
+        start, _ = _window(time.time(), window_s)
+        value = await self._redis.get(f"{self.prefix}:{subject}:{start}")
+        return int(value or 0)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -91,11 +109,11 @@ class MemoryRateLimiter:
         self._counters: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
-    async def acquire(self, subject: str, amount: int, limit: int) -> Decision:
-        start, retry_after = _window(time.time())
-        key = f"{subject}:{start}"
+    async def acquire(self, subject: str, amount: int, limit: int, window_s: int = WINDOW_S) -> Decision:
+        start, retry_after = _window(time.time(), window_s)
+        key = f"{subject}:{window_s}:{start}"
         async with self._lock:
-            self._drop_old_windows(start)
+            self._drop_old_windows()
             current = self._counters.get(key, 0)
             if current + amount > limit:
                 return Decision(False, None, retry_after)
@@ -107,15 +125,27 @@ class MemoryRateLimiter:
             if reservation.key in self._counters:
                 self._counters[reservation.key] += delta
 
-    def _drop_old_windows(self, current_start: int) -> None:
+    async def increment(self, subject: str, amount: int, window_s: int) -> int:
+        start, _ = _window(time.time(), window_s)
+        key = f"{subject}:{window_s}:{start}"
+        async with self._lock:
+            self._counters[key] = self._counters.get(key, 0) + amount
+            return self._counters[key]
+
+    async def read(self, subject: str, window_s: int) -> int:
+        start, _ = _window(time.time(), window_s)
+        return self._counters.get(f"{subject}:{window_s}:{start}", 0)
+
+    def _drop_old_windows(self) -> None:
         if len(self._counters) < 10_000:
             return
-        for key in [key for key in self._counters if int(key.rsplit(":", 1)[1]) < current_start]:
+        now = time.time()
+        for key in [key for key in self._counters if int(key.rsplit(":", 1)[1]) + 2 * int(key.rsplit(":", 2)[1]) < now]:
             del self._counters[key]
 
     async def close(self) -> None:
         return None
 
 
-def create_rate_limiter(redis_url: str | None) -> RedisRateLimiter | MemoryRateLimiter:
-    return RedisRateLimiter(redis_url) if redis_url else MemoryRateLimiter()
+def create_rate_limiter(redis_url: str | None, key_prefix: str = "tokenport") -> RedisRateLimiter | MemoryRateLimiter:
+    return RedisRateLimiter(redis_url, f"{key_prefix}:rl") if redis_url else MemoryRateLimiter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from web3 import Web3
 
@@ -39,11 +39,38 @@ class ChainSettings(BaseModel):
     max_block_range: int = Field(default=2_000, ge=1)
     start_block: int = Field(default=0, ge=0)
     tokens: list[TokenSettings] = Field(default_factory=list)
+    # "confirmations" credits a deposit once its block is `confirmations` deep. "finalized"
+    # credits up to the block that the RPC reports with the `finalized` tag, on chains that have one.
+    finality: Literal["confirmations", "finalized"] = "confirmations"
+    # The TopUpVault contract, whose Deposited events name the account they are for. None
+    # accepts only plain transfers to the treasury.
+    vault_address: str | None = None
+    # When the block under the watcher's cursor changes hash, credited deposits this many blocks
+    # below the cursor are checked again and the range is scanned again.
+    reorg_check_blocks: int = Field(default=256, ge=1)
+    # The token that supplier payouts on this chain are paid in. None means the first token.
+    payout_token_address: str | None = None
 
     @field_validator("treasury_address")
     @classmethod
     def _checksum(cls, value: str) -> str:
         return Web3.to_checksum_address(value)
+
+    @field_validator("vault_address", "payout_token_address")
+    @classmethod
+    def _checksum_optional(cls, value: str | None) -> str | None:
+        return Web3.to_checksum_address(value) if value is not None else None
+
+    def payout_token(self) -> TokenSettings | None:
+        """Return the token that payouts on this chain use, or None when the chain lists no token."""
+        if self.payout_token_address is None:
+            return self.tokens[0] if self.tokens else None
+        token = self.token_by_address(self.payout_token_address)
+        if token is None:
+            raise ValueError(
+                f"payout token {self.payout_token_address} of chain {self.chain_id} is not one of its tokens"
+            )
+        return token
 
     def token_by_address(self, address: str) -> TokenSettings | None:
         checksummed = Web3.to_checksum_address(address)
@@ -63,6 +90,8 @@ class Settings(BaseSettings):
     database_max_overflow: int = Field(default=5, ge=0)
     # Without a Redis URL, Celery runs tasks in eager mode and rate limits live in process memory.
     redis_url: str | None = None
+    # Prefix of every Redis key this deployment writes, so deployments can share one Redis.
+    redis_key_prefix: str = "tokenport"
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -80,7 +109,30 @@ class Settings(BaseSettings):
     # Used for the hold when a request sets no max_tokens and the listing sets no limit.
     default_max_output_tokens: int = Field(default=4_096, gt=0)
     upstream_timeout_s: float = Field(default=120.0, gt=0)
+    # A call falls back to another listing at most this many times after failures before any output.
+    max_fallbacks: int = Field(default=2, ge=0, le=10)
+    # A listing is paused when, within one window, at least min_calls calls were made and at
+    # least error_rate_pct percent of them failed. A Celery task probes it until it answers.
+    listing_health_window_s: int = Field(default=300, gt=0)
+    listing_health_min_calls: int = Field(default=5, ge=1)
+    listing_health_error_rate_pct: int = Field(default=50, ge=1, le=100)
+    listing_probe_interval_s: float = Field(default=60.0, gt=0)
     api_key_cache_ttl_s: float = Field(default=5.0, ge=0)
+
+    # Supplier payouts: a supplier whose available earnings reach the threshold is paid on the
+    # payout chain (None means the first configured chain) from the treasury. Development mode
+    # signs with the development treasury key when treasury_private_key is unset.
+    payout_threshold_nano_usd: int = Field(default=10 * 10**9, gt=0)
+    payout_interval_s: float = Field(default=300.0, gt=0)
+    payout_chain_id: int | None = None
+    treasury_private_key: SecretStr | None = None
+    # A payout whose transactions reverted this many times is given up and its amount returned
+    # to the supplier's payable balance.
+    payout_max_attempts: int = Field(default=5, ge=1)
+    # An unmined payout transaction is replaced, with the same nonce and fees raised by
+    # payout_fee_bump_pct, after this long. Nodes accept a replacement only above a 10% raise.
+    payout_replace_after_s: float = Field(default=180.0, ge=0)
+    payout_fee_bump_pct: int = Field(default=25, ge=11, le=1_000)
 
     # Fernet key for supplier credentials at rest. Development mode derives a fixed key when unset.
     credential_key: str | None = None

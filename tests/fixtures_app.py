@@ -21,15 +21,29 @@ from marketplace.schema import upgrade_schema
 from marketplace.servers import BackgroundServer
 from marketplace.settings import ChainSettings, Settings
 
-POSTGRES_URL = os.environ.get("TOKENPORT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_BASE_URL = os.environ.get("TOKENPORT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# Each test session works in a schema of its own, so several test runs can share one database.
+POSTGRES_SCHEMA = f"tokenport_test_{os.getpid()}"
+POSTGRES_URL = f"{POSTGRES_BASE_URL}{'&' if '?' in POSTGRES_BASE_URL else '?'}options=-csearch_path%3D{POSTGRES_SCHEMA}"
 
 
-def reset_postgres(url: str) -> None:
-    database = Database(url)
+def reset_postgres(url: str = POSTGRES_URL) -> None:
+    database = Database(POSTGRES_BASE_URL)
     try:
         with database.engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
+            connection.execute(text(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE"))
+            connection.execute(text(f"CREATE SCHEMA {POSTGRES_SCHEMA}"))
+    finally:
+        database.dispose()
+
+
+@pytest.fixture(scope="session")
+def _postgres_schema() -> Iterator[None]:
+    yield
+    database = Database(POSTGRES_BASE_URL)
+    try:
+        with database.engine.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE"))
     finally:
         database.dispose()
 
@@ -38,7 +52,8 @@ def reset_postgres(url: str) -> None:
 def database_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'tokenport.db'}"
-    reset_postgres(POSTGRES_URL)
+    request.getfixturevalue("_postgres_schema")
+    reset_postgres()
     return POSTGRES_URL
 
 

@@ -56,6 +56,8 @@ def start_api_processes(
         "TOKENPORT_API_KEY_CACHE_TTL_S": "0",
         "TOKENPORT_CHAINS": json.dumps([chain.model_dump() for chain in chains or []]),
         "TOKENPORT_LOG_LEVEL": "INFO",
+        # Keys of this test session only, so parallel test runs sharing Redis never collide.
+        "TOKENPORT_REDIS_KEY_PREFIX": f"tokenport-test-{os.getpid()}",
         **(extra_env or {}),
     }
     command = [

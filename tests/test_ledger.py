@@ -1,7 +1,7 @@
 """The ledger and the money side of a metered call, on SQLite and on PostgreSQL.
 
-Balances are read back in a fresh session after each commit, so every check sees what the
-database stored rather than what an ORM object remembers.
+Balances are read back in a fresh session after each commit, so every check reads what the
+database stored, not values an ORM object cached before an UPDATE.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def test_repeated_transfer_returns_first_row(db):
 
 
 @pytest.mark.parametrize("change", ["amount", "code", "credit_account"])
-def test_transfer_id_reuse_for_other_movement_raises_conflict(db, change):
+def test_reused_transfer_id_raises_conflict(db, change):
     buyer_id = create_buyer(db)
     other_buyer_id = create_buyer(db)
     deposit(db, buyer_id, 5_000, "deposit-1")
@@ -280,7 +280,7 @@ def test_post_larger_than_hold_is_rejected(db):
     deposit(db, buyer_id, 1_000, "deposit-1")
     place_hold(db, buyer_id, "hold-1", 600)
 
-    # The ledger checks this bound with `assert`; the strict-xfail test below asks for a LedgerError.
+    # The ledger checks this bound with `assert`. The strict-xfail test below expects a LedgerError.
     with pytest.raises(AssertionError, match="post of 601 nano-USD exceeds hold hold-1 of 600"):
         with db.transaction() as session:
             ledger.post_hold(session, "hold-1", 601)
@@ -401,7 +401,7 @@ def test_resolving_unknown_hold_raises_ledger_error(db):
             ledger.void_hold(session, "missing")
 
 
-def test_resolving_posted_transfer_as_hold_raises_ledger_error(db):
+def test_resolving_plain_transfer_raises_ledger_error(db):
     buyer_id = create_buyer(db)
     deposit(db, buyer_id, 1_000, "deposit-1")
 
@@ -415,7 +415,7 @@ def test_resolving_posted_transfer_as_hold_raises_ledger_error(db):
 # Expiry
 
 
-def test_find_expired_holds_returns_only_expired_open_holds(db):
+def test_find_expired_holds_skips_resolved_and_unexpired(db):
     buyer_id = create_buyer(db)
     deposit(db, buyer_id, 10_000, "deposit-1")
     place_hold(db, buyer_id, "expired-open", 100, BASE_TIME + dt.timedelta(minutes=10))
@@ -433,7 +433,7 @@ def test_find_expired_holds_returns_only_expired_open_holds(db):
     assert expired == ["expired-open"]
 
 
-def test_expire_sweep_releases_only_expired_open_holds(db):
+def test_expire_sweep_releases_only_expired_holds(db):
     buyer_id = create_buyer(db)
     deposit(db, buyer_id, 10_000, "deposit-1")
     place_hold(db, buyer_id, "expired-open", 100, BASE_TIME + dt.timedelta(minutes=10))
@@ -528,7 +528,7 @@ def read_generation(db: Database, generation_id: str) -> Generation | None:
         return session.get(Generation, generation_id)
 
 
-def test_settle_call_splits_cost_between_supplier_and_platform(db):
+def test_settle_call_splits_cost_with_platform(db):
     buyer_id, api_key_id, supplier_id, listing_id = create_caller(db)
     deposit(db, buyer_id, 10_000_000, "deposit-1")
     call = open_call(db, "gen-1", buyer_id, api_key_id, listing_id, hold_nano_usd=1_000_000)
@@ -543,7 +543,7 @@ def test_settle_call_splits_cost_between_supplier_and_platform(db):
         status="completed",
     )
 
-    # The fee is 123,457 x 5% = 6,172.85, rounded down to 6,172; the supplier gets the rest.
+    # The fee is 123,457 x 5% = 6,172.85, rounded down to 6,172. The supplier gets the rest.
     assert settled.cost_nano_usd == 123_457
     assert settled.charged_nano_usd == 123_457
     assert settled.balance_nano_usd == 9_876_543
@@ -612,7 +612,7 @@ def test_settle_call_charges_at_most_the_hold(db):
     assert read_account(db, ledger.PLATFORM_REVENUE).credits_posted_nano_usd == 50
 
 
-def test_open_call_beyond_balance_raises_and_writes_nothing(db):
+def test_open_call_beyond_balance_writes_nothing(db):
     buyer_id, api_key_id, _supplier_id, listing_id = create_caller(db)
     deposit(db, buyer_id, 999, "deposit-1")
     transfers_before = count_transfers(db)
@@ -664,7 +664,7 @@ def test_expire_sweep_marks_pending_generation_expired(db):
     assert read_balance(db, buyer_id).available_nano_usd == 10_000_000
 
 
-# Concurrency (PostgreSQL only: SQLite serializes every writer with BEGIN IMMEDIATE)
+# Concurrency. Only PostgreSQL runs these, because SQLite serializes every writer with BEGIN IMMEDIATE.
 
 
 def skip_unless_postgres(database_url: str) -> None:
@@ -729,48 +729,48 @@ def test_concurrent_holds_never_overdraw(db, database_url):
     assert holds == 10
 
 
-def wait_for_lock_waiter(db: Database, deadline_s: float = 30.0) -> None:
-    """Block until some PostgreSQL backend waits on a lock; fail after deadline_s seconds."""
+def wait_until_backend_waits_on_lock(db: Database, backend_pid: int, deadline_s: float = 30.0) -> None:
+    """Block until PostgreSQL backend backend_pid waits on a lock; fail after deadline_s seconds."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         with db.session() as session:
-            waiting = session.scalar(
-                text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+            wait_event_type = session.scalar(
+                text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"), {"pid": backend_pid}
             )
-        if waiting:
+        if wait_event_type == "Lock":
             return
         time.sleep(0.01)
-    pytest.fail(f"no backend waited on a lock within {deadline_s} s")
+    pytest.fail(f"backend {backend_pid} did not wait on a lock within {deadline_s} s")
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "ledger.get_or_create_account selects, then inserts: a second transaction that selects before "
-        "the first commits inserts the same unique name and fails with IntegrityError instead of "
-        "returning the account"
-    ),
-)
-def test_concurrent_first_use_of_account_returns_one_account(db, database_url):
+def test_concurrent_account_creation_returns_one_account(db, database_url):
     skip_unless_postgres(database_url)
     name = ledger.PLATFORM_REVENUE
     second_result: dict[str, object] = {}
+    second_backend: list[int] = []
+    second_started = threading.Event()
 
     def create_in_second_transaction() -> None:
         try:
             with db.transaction() as session:
+                second_backend.append(session.scalar(text("SELECT pg_backend_pid()")))
+                second_started.set()
                 second_result["id"] = ledger.get_or_create_account(session, name, "platform_revenue").id
         except Exception as exc:  # recorded for the assert below
             second_result["error"] = exc
+        finally:
+            second_started.set()
 
     with db.session() as first:
         first.begin()
         first_id = ledger.get_or_create_account(first, name, "platform_revenue").id
         second = threading.Thread(target=create_in_second_transaction)
         second.start()
+        second_started.wait()
+        assert second_backend, f"second transaction failed to start: {second_result.get('error')!r}"
         # The second transaction found no row and now waits on the uncommitted insert's unique key.
-        wait_for_lock_waiter(db)
+        wait_until_backend_waits_on_lock(db, second_backend[0])
         first.commit()
     second.join()
 

@@ -258,7 +258,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.resolved_holds())
     @rule(data=st.data())
     def resolve_again(self, data: st.DataObject) -> None:
-        """Resolve a resolved hold: the same resolution is idempotent, any other one is rejected."""
+        """Resolve a resolved hold again. The same resolution is idempotent, and any other raises HoldAlreadyResolved."""
         self.statistics.count("resolve_again")
         hold_id = data.draw(st.sampled_from(self.resolved_holds()))
         hold = self.holds[hold_id]

@@ -158,10 +158,11 @@ def test_platform_fee_rounds_down(cost, fee_bps, expected_fee):
         (100, 100, 0),
         (100, 0, 10_000),
         (0, 5, 0),
+        # An offer above the list price is a negative discount.
         (100, 150, -5_000),
     ],
 )
-def test_discount_bps(list_price, offer_price, expected_bps):
+def test_discount_bps_rounds_down(list_price, offer_price, expected_bps):
     assert discount_bps(list_price, offer_price) == expected_bps
 
 

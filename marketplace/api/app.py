@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-        limiter = create_rate_limiter(settings.redis_url)
+        limiter = create_rate_limiter(settings.redis_url, settings.redis_key_prefix)
         async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s) as client:
             app.state.proxy = MeteringProxy(db, settings, client, limiter)
             try:

@@ -12,7 +12,7 @@ from marketplace.api.deps import get_db, require_account, require_api_key
 from marketplace.db import Database
 from marketplace.errors import InvalidRequest, NotFound
 from marketplace.models import Generation
-from marketplace.proxy import Caller, MeteringProxy, parse_chat_request
+from marketplace.proxy import Caller, MeteringProxy, openai_sse, parse_chat_request
 
 router = APIRouter(prefix="/v1")
 
@@ -33,9 +33,9 @@ async def chat_completions(request: Request, caller: Caller = Depends(require_ap
     proxy: MeteringProxy = request.app.state.proxy
 
     if chat_request.stream:
-        chunks, generation_id = await proxy.open_stream(caller, chat_request)
+        events, generation_id = await proxy.open_stream(caller, chat_request)
         return StreamingResponse(
-            chunks,
+            openai_sse(events),
             media_type="text/event-stream",
             headers={GENERATION_HEADER: generation_id, "cache-control": "no-cache"},
         )

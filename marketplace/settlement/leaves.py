@@ -258,11 +258,40 @@ def check_leaf_rules(leaf: Leaf) -> None:
             raise EncodingError("cached_prompt_tokens: cached and cache-write tokens exceed prompt_tokens")
         if values["reasoning_tokens"] > values["completion_tokens"]:
             raise EncodingError("reasoning_tokens: more reasoning tokens than completion_tokens")
+        if values["supplier_id"] == 0 and values["supplier_credit_nano_usd"] != 0:
+            raise EncodingError("supplier_credit_nano_usd: a call without a supplier (supplier_id 0) credits no supplier")
     elif leaf.kind is ADJUSTMENT:
         if values["debit_account"] == values["credit_account"]:
             raise EncodingError(f"credit_account: the transfer debits and credits {values['debit_account']}")
         if not (is_liability_account(values["debit_account"]) or is_liability_account(values["credit_account"])):
             raise EncodingError("debit_account: an adjustment must touch a buyer or supplier account")
+
+
+def record_changes(leaf: Leaf) -> list[tuple[str, int]]:
+    """Return how a record moves buyer and supplier balances, as (account, nano-USD) pairs.
+
+    The closing balance of every account is its opening balance plus these changes, summed over
+    the period's records. A pair with a zero change still names its account, which must then
+    have a balance leaf.
+    """
+    values = leaf.values
+    if leaf.kind is USAGE:
+        changes = [(f"buyer:{values['account_id']}", -values["cost_nano_usd"])]
+        if values["supplier_id"]:
+            changes.append((f"supplier:{values['supplier_id']}", values["supplier_credit_nano_usd"]))
+        return changes
+    if leaf.kind is DEPOSIT:
+        return [(f"buyer:{values['account_id']}", values["amount_nano_usd"])]
+    if leaf.kind is PAYOUT:
+        return [(f"supplier:{values['supplier_id']}", -values["amount_nano_usd"])]
+    if leaf.kind is ADJUSTMENT:
+        changes = []
+        if is_liability_account(values["debit_account"]):
+            changes.append((values["debit_account"], -values["amount_nano_usd"]))
+        if is_liability_account(values["credit_account"]):
+            changes.append((values["credit_account"], values["amount_nano_usd"]))
+        return changes
+    raise AssertionError(f"{leaf.kind.name} leaves are not records")
 
 
 def record_key(leaf: Leaf) -> str:

@@ -33,7 +33,16 @@ def upgrade() -> None:
     sa.Column('chain_id', sa.BigInteger(), nullable=False),
     sa.Column('last_block', sa.BigInteger(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_block_hash', sa.String(length=66), nullable=True),
+    sa.Column('head_block', sa.BigInteger(), nullable=True),
+    sa.Column('safe_block', sa.BigInteger(), nullable=True),
     sa.PrimaryKeyConstraint('chain_id')
+    )
+    op.create_table('signer_nonces',
+    sa.Column('chain_id', sa.BigInteger(), nullable=False),
+    sa.Column('address', sa.String(length=42), nullable=False),
+    sa.Column('next_nonce', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('chain_id', 'address')
     )
     op.create_table('api_keys',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -72,6 +81,13 @@ def upgrade() -> None:
     sa.Column('transfer_id', sa.String(length=160), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('source', sa.String(length=10), nullable=False),
+    sa.Column('account_ref', sa.String(length=66), nullable=True),
+    sa.Column('reversal_count', sa.Integer(), nullable=False),
+    sa.Column('shortfall_nano_usd', sa.BigInteger(), nullable=False),
+    sa.Column('credited_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('reversed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('status_reason', sa.String(length=300), nullable=True),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('chain_id', 'tx_hash', 'log_index', name='uq_deposit_log')
@@ -181,7 +197,13 @@ def upgrade() -> None:
     sa.Column('offer_cache_write_micro_usd_per_mtok', sa.BigInteger(), nullable=False),
     sa.Column('offer_output_micro_usd_per_mtok', sa.BigInteger(), nullable=False),
     sa.Column('max_output_tokens', sa.Integer(), nullable=True),
+    sa.Column('requests_per_minute', sa.Integer(), nullable=True),
+    sa.Column('tokens_per_minute', sa.Integer(), nullable=True),
+    sa.Column('tokens_per_day', sa.BigInteger(), nullable=True),
+    sa.Column('region', sa.String(length=40), nullable=True),
     sa.Column('status', sa.String(length=10), nullable=False),
+    sa.Column('paused_reason', sa.String(length=300), nullable=True),
+    sa.Column('paused_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint('offer_input_micro_usd_per_mtok >= 0', name='offer_input_nonnegative'),
@@ -192,6 +214,33 @@ def upgrade() -> None:
     with op.batch_alter_table('listings', schema=None) as batch_op:
         batch_op.create_index('ix_listings_model_status', ['model', 'status'], unique=False)
         batch_op.create_index(batch_op.f('ix_listings_supplier_id'), ['supplier_id'], unique=False)
+
+    op.create_table('payouts',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('supplier_id', sa.Integer(), nullable=False),
+    sa.Column('chain_id', sa.BigInteger(), nullable=False),
+    sa.Column('token_address', sa.String(length=42), nullable=False),
+    sa.Column('to_address', sa.String(length=42), nullable=False),
+    sa.Column('amount_units', sa.String(length=80), nullable=False),
+    sa.Column('amount_nano_usd', sa.BigInteger(), nullable=False),
+    sa.Column('status', sa.String(length=15), nullable=False),
+    sa.Column('nonce', sa.BigInteger(), nullable=True),
+    sa.Column('failed_attempts', sa.Integer(), nullable=False),
+    sa.Column('tx_hash', sa.String(length=66), nullable=True),
+    sa.Column('block_number', sa.BigInteger(), nullable=True),
+    sa.Column('block_hash', sa.String(length=66), nullable=True),
+    sa.Column('transfer_id', sa.String(length=160), nullable=True),
+    sa.Column('error', sa.String(length=500), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('confirmed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['supplier_id'], ['suppliers.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('tx_hash')
+    )
+    with op.batch_alter_table('payouts', schema=None) as batch_op:
+        batch_op.create_index('ix_payouts_chain_status', ['chain_id', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_payouts_supplier_id'), ['supplier_id'], unique=False)
 
     op.create_table('generations',
     sa.Column('id', sa.String(length=40), nullable=False),
@@ -223,17 +272,46 @@ def upgrade() -> None:
     with op.batch_alter_table('generations', schema=None) as batch_op:
         batch_op.create_index('ix_generations_account_created', ['account_id', 'created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_generations_api_key_id'), ['api_key_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_generations_hold_transfer_id'), ['hold_transfer_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_generations_listing_id'), ['listing_id'], unique=False)
+
+    op.create_table('payout_attempts',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('payout_id', sa.Integer(), nullable=False),
+    sa.Column('nonce', sa.BigInteger(), nullable=False),
+    sa.Column('tx_hash', sa.String(length=66), nullable=False),
+    sa.Column('raw_transaction', sa.Text(), nullable=False),
+    sa.Column('max_fee_per_gas_wei', sa.String(length=80), nullable=False),
+    sa.Column('max_priority_fee_per_gas_wei', sa.String(length=80), nullable=False),
+    sa.Column('status', sa.String(length=15), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('broadcast_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['payout_id'], ['payouts.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('tx_hash')
+    )
+    with op.batch_alter_table('payout_attempts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_payout_attempts_payout_id'), ['payout_id'], unique=False)
 
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('payout_attempts', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_payout_attempts_payout_id'))
+
+    op.drop_table('payout_attempts')
     with op.batch_alter_table('generations', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_generations_listing_id'))
+        batch_op.drop_index(batch_op.f('ix_generations_hold_transfer_id'))
         batch_op.drop_index(batch_op.f('ix_generations_api_key_id'))
         batch_op.drop_index('ix_generations_account_created')
 
     op.drop_table('generations')
+    with op.batch_alter_table('payouts', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_payouts_supplier_id'))
+        batch_op.drop_index('ix_payouts_chain_status')
+
+    op.drop_table('payouts')
     with op.batch_alter_table('listings', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_listings_supplier_id'))
         batch_op.drop_index('ix_listings_model_status')
@@ -268,6 +346,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_api_keys_account_id'))
 
     op.drop_table('api_keys')
+    op.drop_table('signer_nonces')
     op.drop_table('chain_cursors')
     op.drop_table('auth_nonces')
     op.drop_table('accounts')

@@ -1,0 +1,69 @@
+"""Listing health: count each listing's calls and failures, and pause a listing that keeps failing.
+
+The counters live in the shared rate-limit store (Redis in production), so every API process
+sees the same error rate. A paused listing gets no traffic until the probe task finds its
+upstream answering again and reactivates it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import update
+
+from marketplace.db import Database
+from marketplace.models import Listing, utcnow
+from marketplace.ratelimit import RateLimiter
+from marketplace.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class HealthTracker:
+    def __init__(self, db: Database, settings: Settings, counters: RateLimiter) -> None:
+        self.db = db
+        self.settings = settings
+        self.counters = counters
+
+    async def record(self, listing_id: int, ok: bool, detail: str = "") -> bool:
+        """Count one call's outcome; returns True when this failure paused the listing."""
+        window = self.settings.listing_health_window_s
+        calls = await self.counters.increment(f"health:calls:{listing_id}", 1, window)
+        if ok:
+            return False
+        errors = await self.counters.increment(f"health:errors:{listing_id}", 1, window)
+        if calls < self.settings.listing_health_min_calls:
+            return False
+        if errors * 100 < self.settings.listing_health_error_rate_pct * calls:
+            return False
+        reason = f"{errors} of {calls} calls failed within {window} s; last error: {detail}"[:300]
+        return self.pause(listing_id, reason)
+
+    def pause(self, listing_id: int, reason: str) -> bool:
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Listing)
+                .where(Listing.id == listing_id, Listing.status == "active")
+                .values(status="paused", paused_reason=reason, paused_at=utcnow())
+            )
+        if result.rowcount:
+            logger.warning("listing paused", extra={"listing_id": listing_id, "reason": reason})
+        return bool(result.rowcount)
+
+    async def snapshot(self, listing_id: int) -> dict:
+        window = self.settings.listing_health_window_s
+        return {
+            "window_s": window,
+            "calls": await self.counters.read(f"health:calls:{listing_id}", window),
+            "errors": await self.counters.read(f"health:errors:{listing_id}", window),
+        }
+
+
+def reactivate(db: Database, listing_id: int) -> bool:
+    with db.transaction() as session:
+        result = session.execute(
+            update(Listing).where(Listing.id == listing_id, Listing.status == "paused").values(status="active", paused_reason=None, paused_at=None)
+        )
+    if result.rowcount:
+        logger.info("listing reactivated after a successful probe", extra={"listing_id": listing_id})
+    return bool(result.rowcount)
