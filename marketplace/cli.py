@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -81,6 +82,39 @@ def reconcile() -> None:
     console.print_json(json.dumps(report))
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+audit_app = typer.Typer(help="Verify settlement periods and inclusion proofs against the chain, with no database.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    export: Path = typer.Argument(..., exists=True, dir_okay=False, help="Settlement export file (JSON lines), from GET /v1/audit/periods/{id}/export."),
+    rpc_url: str = typer.Option(..., help="JSON-RPC URL of the chain that holds the SettlementRegistry."),
+    chain_rpc: list[str] = typer.Option([], help="CHAIN_ID=URL of another chain that deposits, payouts or reserves are on; repeatable."),
+    min_confirmations: int = typer.Option(1, min=1, help="Least confirmations a deposit or payout must have, above the export's own depth."),
+) -> None:
+    """Recompute a period from its export and check it against the chain; exit 1 on any mismatch."""
+    from marketplace.settlement.report import run_verify
+
+    try:
+        code = run_verify(console, export, rpc_url, chain_rpc, min_confirmations)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+@audit_app.command("verify-proof")
+def audit_verify_proof(
+    proof: Path = typer.Argument(..., exists=True, dir_okay=False, help="Inclusion proof (JSON), from GET /v1/audit/periods/{id}/proofs/...."),
+    rpc_url: str = typer.Option(..., help="JSON-RPC URL of the chain that holds the SettlementRegistry."),
+) -> None:
+    """Check one balance or record proof against the root committed on-chain; exit 1 if it fails."""
+    from marketplace.settlement.report import run_verify_proof
+
+    raise typer.Exit(run_verify_proof(console, proof, rpc_url))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,23 @@
-"""Deposits: the one place where a confirmed on-chain transfer becomes a ledger credit.
+"""Deposits: the one place where a confirmed on-chain transfer becomes a ledger credit, or stops being one.
 
-The watcher in `chain/` reads logs and hands them here; it never writes the ledger itself.
+The watcher in `chain/` reads logs and hands them here; it never writes the ledger itself. A
+deposit is one log, identified by (chain id, transaction hash, log index), and moves through
+these statuses:
+
+- pending: seen in a block that is not yet deep enough, with that block's hash.
+- credited: the block reached the confirmation depth and the receipt confirmed the log.
+  One ledger transfer `deposit:{chain}:{tx}:{log}` moved the amount to the buyer.
+- unattributed: confirmed, but the sender is no bound wallet (or the vault reference names
+  no account), so nothing was credited.
+- orphaned: its block left the canonical chain before the deposit was credited.
+- reversed: credited, then its block left the canonical chain. A reversing transfer took the
+  amount back from the buyer, as far as the buyer's available balance allowed, and the rest is
+  owed by the buyer on a receivable account that later deposits pay off first.
+- rejected: the receipt does not confirm the log, or the amount does not fit the ledger.
+
+An orphaned or reversed deposit whose transaction is included again is pending again, and is
+credited once more under a transfer id with the reversal count appended, so the credits and
+reversals of one log always net to at most one credit.
 """
 
 from __future__ import annotations
@@ -13,14 +30,24 @@ from sqlalchemy.orm import Session
 
 from marketplace import ledger
 from marketplace.accounts import wallet_owner
-from marketplace.models import Deposit
+from marketplace.models import Account, Deposit, LedgerAccount, utcnow
 
 logger = logging.getLogger(__name__)
+
+# The largest amount a BigInteger column holds: about 9.2 billion USD in nano-USD.
+MAX_AMOUNT_NANO_USD = 2**63 - 1
+
+# Statuses whose log was found in the canonical chain at the confirmation depth.
+SETTLED_STATUSES = ("credited", "unattributed")
 
 
 @dataclass(frozen=True)
 class DepositLog:
-    """An ERC-20 Transfer log into the treasury, as read from the chain."""
+    """A deposit log into the treasury or the vault, as read from the chain.
+
+    `source` is "transfer" for an ERC-20 Transfer to the treasury, whose sender's bound wallet
+    names the account, or "vault" for a TopUpVault Deposited event, whose `account_ref` does.
+    """
 
     chain_id: int
     tx_hash: str
@@ -32,6 +59,12 @@ class DepositLog:
     from_address: str
     to_address: str
     amount_units: int
+    source: str = "transfer"
+    account_ref: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.tx_hash.lower(), self.log_index)
 
 
 def units_to_nano_usd(amount_units: int, decimals: int) -> int:
@@ -47,22 +80,69 @@ def units_to_nano_usd(amount_units: int, decimals: int) -> int:
     return -(-amount_units // divisor)
 
 
-def deposit_transfer_id(chain_id: int, tx_hash: str, log_index: int) -> str:
-    return f"deposit:{chain_id}:{tx_hash.lower()}:{log_index}"
+def deposit_transfer_id(chain_id: int, tx_hash: str, log_index: int, reversal_count: int = 0) -> str:
+    """Return the id of the ledger transfer that credits a deposit.
+
+    The first credit of a log has no suffix. A credit after `reversal_count` reversals of the
+    same log, which was included again, has the count appended.
+    """
+    transfer_id = f"deposit:{chain_id}:{tx_hash.lower()}:{log_index}"
+    return transfer_id if reversal_count == 0 else f"{transfer_id}:{reversal_count}"
 
 
-def _find(session: Session, log: DepositLog) -> Deposit | None:
+def deposit_reversal_transfer_id(chain_id: int, tx_hash: str, log_index: int, reversal_count: int = 0) -> str:
+    return "deposit_reversal:" + deposit_transfer_id(chain_id, tx_hash, log_index, reversal_count).removeprefix("deposit:")
+
+
+def deposit_shortfall_transfer_id(chain_id: int, tx_hash: str, log_index: int, reversal_count: int = 0) -> str:
+    return "deposit_shortfall:" + deposit_transfer_id(chain_id, tx_hash, log_index, reversal_count).removeprefix("deposit:")
+
+
+def receivable_account_name(account_id: int) -> str:
+    """The ledger account of what a buyer owes after a reversal that their balance could not cover."""
+    return f"receivable:{account_id}"
+
+
+def _find(session: Session, chain_id: int, tx_hash: str, log_index: int) -> Deposit | None:
     return session.scalar(
         select(Deposit).where(
-            Deposit.chain_id == log.chain_id,
-            Deposit.tx_hash == log.tx_hash.lower(),
-            Deposit.log_index == log.log_index,
+            Deposit.chain_id == chain_id,
+            Deposit.tx_hash == tx_hash.lower(),
+            Deposit.log_index == log_index,
         )
     )
 
 
+def find_deposits(session: Session, chain_id: int, keys: list[tuple[str, int]]) -> dict[tuple[str, int], Deposit]:
+    """Return the deposit rows of the given (transaction hash, log index) keys on one chain."""
+    if not keys:
+        return {}
+    tx_hashes = sorted({tx_hash.lower() for tx_hash, _ in keys})
+    rows = session.scalars(select(Deposit).where(Deposit.chain_id == chain_id, Deposit.tx_hash.in_(tx_hashes)))
+    wanted = {(tx_hash.lower(), log_index) for tx_hash, log_index in keys}
+    return {(row.tx_hash, row.log_index): row for row in rows if (row.tx_hash, row.log_index) in wanted}
+
+
+def _attributed_account(session: Session, log: DepositLog) -> int | None:
+    if log.source == "vault":
+        if log.account_ref is None:
+            return None
+        return log.account_ref if session.get(Account, log.account_ref) is not None else None
+    return wallet_owner(session, log.from_address)
+
+
+def _move_to_block(deposit: Deposit, log: DepositLog) -> None:
+    deposit.block_number = log.block_number
+    deposit.block_hash = log.block_hash
+
+
 def _upsert(session: Session, log: DepositLog) -> Deposit:
-    deposit = _find(session, log)
+    """Create the row of a log seen in the canonical chain, or bring an existing one up to date.
+
+    A pending row follows its log to a new block. An orphaned or reversed row whose log is back
+    in the canonical chain becomes pending again. Other rows are left to the caller.
+    """
+    deposit = _find(session, log.chain_id, log.tx_hash, log.log_index)
     if deposit is None:
         deposit = Deposit(
             chain_id=log.chain_id,
@@ -73,15 +153,28 @@ def _upsert(session: Session, log: DepositLog) -> Deposit:
             token_address=log.token_address,
             from_address=log.from_address,
             to_address=log.to_address,
-            account_id=wallet_owner(session, log.from_address),
+            account_id=_attributed_account(session, log),
             block_number=log.block_number,
             block_hash=log.block_hash,
             status="pending",
+            source=log.source,
+            account_ref=None if log.account_ref is None else "0x" + log.account_ref.to_bytes(32, "big").hex(),
+            reversal_count=0,
+            shortfall_nano_usd=0,
         )
         session.add(deposit)
-    elif deposit.status == "pending":
-        deposit.block_number = log.block_number
-        deposit.block_hash = log.block_hash
+        return deposit
+
+    if deposit.status == "pending":
+        _move_to_block(deposit, log)
+    elif deposit.status in ("orphaned", "reversed"):
+        logger.info(
+            "deposit is back in the canonical chain: chain=%d tx=%s log=%d block=%d",
+            log.chain_id, log.tx_hash, log.log_index, log.block_number,
+        )
+        deposit.status = "pending"
+        deposit.status_reason = None
+        _move_to_block(deposit, log)
     return deposit
 
 
@@ -93,25 +186,34 @@ def record_pending(session: Session, log: DepositLog) -> Deposit:
 
 
 def credit_deposit(session: Session, log: DepositLog) -> Deposit:
-    """Credit a confirmed deposit to the buyer who owns the sending wallet, exactly once.
+    """Credit a confirmed deposit to the account it names, exactly once.
 
-    A transfer from a wallet that no account has proved is recorded as unattributed and
-    credits nothing.
+    The caller has checked the log against its transaction receipt. A transfer from a wallet
+    that no account has proved, or a vault deposit for an unknown account, is recorded as
+    unattributed and credits nothing. A credited deposit found in another block is moved there.
     """
     deposit = _upsert(session, log)
-    if deposit.status in ("credited", "unattributed"):
+    if deposit.status in SETTLED_STATUSES:
+        if deposit.block_hash != log.block_hash:
+            logger.warning(
+                "settled deposit moved to block %d: chain=%d tx=%s log=%d",
+                log.block_number, log.chain_id, log.tx_hash, log.log_index,
+            )
+            _move_to_block(deposit, log)
+            session.flush()
         return deposit
-    if deposit.account_id is None:
-        deposit.account_id = wallet_owner(session, log.from_address)
-    deposit.block_number = log.block_number
-    deposit.block_hash = log.block_hash
 
+    _move_to_block(deposit, log)
+    if deposit.amount_nano_usd > MAX_AMOUNT_NANO_USD:
+        return _reject(session, deposit, f"amount of {deposit.amount_units} units does not fit the ledger")
+    if deposit.account_id is None:
+        deposit.account_id = _attributed_account(session, log)
     if deposit.account_id is None:
         deposit.status = "unattributed"
         session.flush()
         logger.warning(
-            "deposit from an unbound wallet was not credited",
-            extra={"chain_id": log.chain_id, "tx_hash": log.tx_hash, "from_address": log.from_address},
+            "deposit was not credited because it names no account: chain=%d tx=%s log=%d from=%s source=%s",
+            log.chain_id, log.tx_hash, log.log_index, log.from_address, log.source,
         )
         return deposit
 
@@ -119,54 +221,176 @@ def credit_deposit(session: Session, log: DepositLog) -> Deposit:
         session, ledger.chain_asset_account_name(log.chain_id, log.token_address), "chain_asset"
     )
     buyer = ledger.get_buyer_account(session, deposit.account_id)
-    transfer_id = deposit_transfer_id(log.chain_id, log.tx_hash, log.log_index)
+    transfer_id = deposit_transfer_id(log.chain_id, log.tx_hash, log.log_index, deposit.reversal_count)
     ledger.transfer(session, transfer_id, source, buyer, deposit.amount_nano_usd, "deposit", reference=transfer_id)
     deposit.status = "credited"
+    deposit.status_reason = None
     deposit.transfer_id = transfer_id
+    deposit.credited_at = utcnow()
     session.flush()
     logger.info(
-        "deposit credited",
-        extra={"chain_id": log.chain_id, "tx_hash": log.tx_hash, "account_id": deposit.account_id, "amount_nano_usd": deposit.amount_nano_usd},
+        "deposit credited: chain=%d tx=%s log=%d account=%d amount_nano_usd=%d",
+        log.chain_id, log.tx_hash, log.log_index, deposit.account_id, deposit.amount_nano_usd,
+    )
+
+    _recover_receivable(session, deposit.account_id, buyer, transfer_id)
+    return deposit
+
+
+def reject_deposit(session: Session, log: DepositLog, reason: str) -> Deposit:
+    """Record a log that must never be credited as it stands, for example one whose transaction reverted."""
+    deposit = _upsert(session, log)
+    if deposit.status in SETTLED_STATUSES:
+        # A settled deposit is only taken back by a reversal, which needs proof that its log left the chain.
+        return deposit
+    return _reject(session, deposit, reason)
+
+
+def _reject(session: Session, deposit: Deposit, reason: str) -> Deposit:
+    deposit.status = "rejected"
+    deposit.status_reason = reason[:300]
+    session.flush()
+    logger.error(
+        "deposit rejected: chain=%d tx=%s log=%d reason=%s", deposit.chain_id, deposit.tx_hash, deposit.log_index, reason
     )
     return deposit
 
 
-def orphan_missing_pending(
-    session: Session, chain_id: int, from_block: int, to_block: int, seen: set[tuple[str, int]]
-) -> int:
-    """Mark pending deposits in a confirmed block range that the canonical chain no longer has."""
-    pending = session.scalars(
-        select(Deposit).where(
-            Deposit.chain_id == chain_id,
-            Deposit.status == "pending",
-            Deposit.block_number >= from_block,
-            Deposit.block_number <= to_block,
+def orphan_deposit(session: Session, deposit_id: int, reason: str) -> Deposit:
+    """Mark a deposit that was never credited and whose log left the canonical chain."""
+    deposit = session.get(Deposit, deposit_id)
+    assert deposit is not None, f"deposit {deposit_id} does not exist"
+    if deposit.status in ("pending", "unattributed", "rejected"):
+        deposit.status = "orphaned"
+        deposit.status_reason = reason[:300]
+        session.flush()
+        logger.warning(
+            "deposit left the canonical chain before it was credited: chain=%d tx=%s log=%d",
+            deposit.chain_id, deposit.tx_hash, deposit.log_index,
         )
+    return deposit
+
+
+def move_deposit(session: Session, deposit_id: int, block_number: int, block_hash: str) -> Deposit:
+    """Record that a deposit's transaction is now in another block, with the same log."""
+    deposit = session.get(Deposit, deposit_id)
+    assert deposit is not None, f"deposit {deposit_id} does not exist"
+    if deposit.block_hash != block_hash:
+        logger.warning(
+            "deposit moved from block %d to block %d: chain=%d tx=%s log=%d status=%s",
+            deposit.block_number, block_number, deposit.chain_id, deposit.tx_hash, deposit.log_index, deposit.status,
+        )
+        deposit.block_number = block_number
+        deposit.block_hash = block_hash
+        session.flush()
+    return deposit
+
+
+def _lock_ledger_account(session: Session, ledger_account_id: int) -> None:
+    # On PostgreSQL this keeps a concurrent hold from spending the balance between the read
+    # below and the reversal. SQLite writers are already serialized by BEGIN IMMEDIATE.
+    session.execute(select(LedgerAccount.id).where(LedgerAccount.id == ledger_account_id).with_for_update())
+
+
+def reverse_deposit(session: Session, deposit_id: int, reason: str) -> Deposit:
+    """Take back a credited deposit whose log left the canonical chain.
+
+    The reversal moves the credited amount from the buyer back to the chain asset account,
+    but never more than the buyer's available balance, because a buyer balance must not go
+    below zero. The rest, the shortfall, is debited to the buyer's receivable account, which
+    later deposits pay off before they add to the balance. Both transfers are new ones: the
+    credit itself is never changed.
+    """
+    deposit = session.get(Deposit, deposit_id)
+    assert deposit is not None, f"deposit {deposit_id} does not exist"
+    if deposit.status != "credited":
+        if deposit.status in ("pending", "unattributed", "rejected"):
+            return orphan_deposit(session, deposit_id, reason)
+        return deposit
+    assert deposit.account_id is not None, f"credited deposit {deposit_id} has no account"
+
+    source = ledger.get_or_create_account(
+        session, ledger.chain_asset_account_name(deposit.chain_id, deposit.token_address), "chain_asset"
     )
-    orphaned = 0
-    for deposit in pending:
-        if (deposit.tx_hash, deposit.log_index) not in seen:
-            deposit.status = "orphaned"
-            orphaned += 1
-            logger.warning("pending deposit left the canonical chain", extra={"chain_id": chain_id, "tx_hash": deposit.tx_hash})
+    buyer = ledger.get_buyer_account(session, deposit.account_id)
+    _lock_ledger_account(session, buyer.id)
+    available_nano_usd = max(0, ledger.read_balance(session, buyer.id).available_nano_usd)
+    recovered_nano_usd = min(deposit.amount_nano_usd, available_nano_usd)
+    shortfall_nano_usd = deposit.amount_nano_usd - recovered_nano_usd
+
+    key = (deposit.chain_id, deposit.tx_hash, deposit.log_index, deposit.reversal_count)
+    credit_id = deposit_transfer_id(*key)
+    ledger.transfer(
+        session, deposit_reversal_transfer_id(*key), buyer, source, recovered_nano_usd, "deposit_reversal", reference=credit_id
+    )
+    if shortfall_nano_usd > 0:
+        receivable = ledger.get_or_create_account(
+            session, receivable_account_name(deposit.account_id), "buyer_receivable", account_id=deposit.account_id
+        )
+        ledger.transfer(
+            session, deposit_shortfall_transfer_id(*key), receivable, source, shortfall_nano_usd, "deposit_shortfall", reference=credit_id
+        )
+
+    deposit.status = "reversed"
+    deposit.status_reason = reason[:300]
+    deposit.reversal_count += 1
+    deposit.shortfall_nano_usd = shortfall_nano_usd
+    deposit.reversed_at = utcnow()
     session.flush()
-    return orphaned
+    logger.error(
+        "credited deposit reversed because its block left the canonical chain: chain=%d tx=%s log=%d "
+        "account=%d amount_nano_usd=%d recovered_nano_usd=%d shortfall_nano_usd=%d reason=%s",
+        deposit.chain_id, deposit.tx_hash, deposit.log_index, deposit.account_id,
+        deposit.amount_nano_usd, recovered_nano_usd, shortfall_nano_usd, reason,
+    )
+    return deposit
 
 
-def deposit_view(deposit: Deposit, head_block: int | None, confirmations_required: int) -> dict:
+def _recover_receivable(session: Session, account_id: int, buyer: LedgerAccount, credit_id: str) -> None:
+    receivable = session.scalar(select(LedgerAccount).where(LedgerAccount.name == receivable_account_name(account_id)))
+    if receivable is None:
+        return
+    # The receivable is debit-normal, so what the buyer owes is the negative of its balance.
+    owed_nano_usd = -ledger.read_balance(session, receivable.id).posted_nano_usd
+    if owed_nano_usd <= 0:
+        return
+
+    _lock_ledger_account(session, buyer.id)
+    available_nano_usd = max(0, ledger.read_balance(session, buyer.id).available_nano_usd)
+    recovered_nano_usd = min(owed_nano_usd, available_nano_usd)
+    if recovered_nano_usd == 0:
+        return
+    ledger.transfer(
+        session, f"receivable_recovery:{credit_id}", buyer, receivable, recovered_nano_usd, "receivable_recovery", reference=credit_id
+    )
+    logger.warning(
+        "deposit paid off a reversal shortfall: account=%d recovered_nano_usd=%d still_owed_nano_usd=%d",
+        account_id, recovered_nano_usd, owed_nano_usd - recovered_nano_usd,
+    )
+
+
+def deposit_view(deposit: Deposit, head_block: int | None, confirmations_required: int | None) -> dict:
+    """Shape a deposit for the API. `confirmations_required` is None on chains that credit at the finalized block."""
     confirmations = 0
     if head_block is not None and head_block >= deposit.block_number:
         confirmations = head_block - deposit.block_number + 1
+    if confirmations_required is not None:
+        confirmations = min(confirmations, confirmations_required)
     return {
         "chain_id": deposit.chain_id,
         "tx_hash": deposit.tx_hash,
         "log_index": deposit.log_index,
         "block_number": deposit.block_number,
+        "block_hash": deposit.block_hash,
+        "source": deposit.source,
         "token_address": deposit.token_address,
         "from_address": deposit.from_address,
         "amount_units": deposit.amount_units,
         "amount_nano_usd": deposit.amount_nano_usd,
         "status": deposit.status,
-        "confirmations": min(confirmations, confirmations_required) if deposit.status == "pending" else None,
+        "status_reason": deposit.status_reason,
+        "confirmations": confirmations if deposit.status == "pending" else None,
         "confirmations_required": confirmations_required,
+        "transfer_id": deposit.transfer_id,
+        "shortfall_nano_usd": deposit.shortfall_nano_usd,
     }

@@ -15,10 +15,11 @@ from marketplace.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from marketplace.models import Listing, Supplier
 from marketplace.pricing import Prices, discount_bps
 from marketplace.settings import Settings
+from marketplace.upstream_safety import check_upstream_url
+from providers.registry import ALIASES, SUPPORTED_PROTOCOLS
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_PROTOCOLS = ("openai",)
 
 
 def register_supplier(session: Session, account_id: int, name: str, payout_address: str) -> Supplier:
@@ -53,6 +54,10 @@ class ListingInput:
     offer_cached_input_micro_usd_per_mtok: int | None = None
     offer_cache_write_micro_usd_per_mtok: int | None = None
     max_output_tokens: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    region: str | None = None
 
 
 def validate_model_name(model: str) -> None:
@@ -61,17 +66,24 @@ def validate_model_name(model: str) -> None:
         raise InvalidRequest(f"model {model!r} must be written vendor/model, for example deepseek/deepseek-chat", param="model")
 
 
-def create_listing(session: Session, settings: Settings, supplier: Supplier, data: ListingInput) -> Listing:
-    validate_model_name(data.model)
-    if data.upstream_protocol not in SUPPORTED_PROTOCOLS:
+def validate_protocol(protocol: str) -> str:
+    name = ALIASES.get(protocol.lower(), protocol.lower())
+    if name not in SUPPORTED_PROTOCOLS:
         raise InvalidRequest(
-            f"upstream_protocol {data.upstream_protocol!r} is not supported; use one of {list(SUPPORTED_PROTOCOLS)}",
+            f"upstream_protocol {protocol!r} is not supported; use one of {list(SUPPORTED_PROTOCOLS)}",
             param="upstream_protocol",
         )
+    return name
+
+
+def create_listing(session: Session, settings: Settings, supplier: Supplier, data: ListingInput) -> Listing:
+    validate_model_name(data.model)
+    protocol = validate_protocol(data.upstream_protocol)
+    check_upstream_url(data.upstream_base_url, development=settings.mode == "development")
     listing = Listing(
         supplier_id=supplier.id,
         model=data.model,
-        upstream_protocol=data.upstream_protocol,
+        upstream_protocol=protocol,
         upstream_base_url=data.upstream_base_url.rstrip("/"),
         upstream_model=data.upstream_model or data.model.split("/", 1)[1],
         upstream_credential_encrypted=encrypt_credential(settings, data.upstream_credential),
@@ -90,11 +102,76 @@ def create_listing(session: Session, settings: Settings, supplier: Supplier, dat
         ),
         offer_output_micro_usd_per_mtok=data.offer_output_micro_usd_per_mtok,
         max_output_tokens=data.max_output_tokens,
+        requests_per_minute=data.requests_per_minute,
+        tokens_per_minute=data.tokens_per_minute,
+        tokens_per_day=data.tokens_per_day,
+        region=data.region,
         status="active",
     )
     session.add(listing)
     session.flush()
     logger.info("listing created", extra={"listing_id": listing.id, "supplier_id": supplier.id, "model": data.model})
+    return listing
+
+
+# Fields a supplier may change on a listing; the model and protocol are fixed once listed.
+UPDATABLE_FIELDS = frozenset(
+    {
+        "upstream_base_url",
+        "upstream_credential",
+        "upstream_model",
+        "list_input_micro_usd_per_mtok",
+        "list_output_micro_usd_per_mtok",
+        "offer_input_micro_usd_per_mtok",
+        "offer_output_micro_usd_per_mtok",
+        "offer_cached_input_micro_usd_per_mtok",
+        "offer_cache_write_micro_usd_per_mtok",
+        "max_output_tokens",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "tokens_per_day",
+        "region",
+        "status",
+    }
+)
+
+
+def own_listing(session: Session, supplier: Supplier, listing_id: int) -> Listing:
+    listing = session.get(Listing, listing_id)
+    if listing is None or listing.supplier_id != supplier.id or listing.status == "deleted":
+        raise NotFound(f"listing {listing_id} not found among this supplier's listings", param="listing_id")
+    return listing
+
+
+def update_listing(session: Session, settings: Settings, supplier: Supplier, listing_id: int, changes: dict) -> Listing:
+    listing = own_listing(session, supplier, listing_id)
+    unknown = set(changes) - UPDATABLE_FIELDS
+    if unknown:
+        field = sorted(unknown)[0]
+        raise InvalidRequest(f"{field} cannot be changed; create a new listing instead", param=field)
+    if "status" in changes and changes["status"] not in ("active", "paused"):
+        raise InvalidRequest("status must be active or paused; DELETE the listing to remove it", param="status")
+    if "upstream_base_url" in changes:
+        check_upstream_url(changes["upstream_base_url"], development=settings.mode == "development")
+        changes["upstream_base_url"] = changes["upstream_base_url"].rstrip("/")
+    if "upstream_credential" in changes:
+        listing.upstream_credential_encrypted = encrypt_credential(settings, changes.pop("upstream_credential"))
+    for field, value in changes.items():
+        setattr(listing, field, value)
+    if changes.get("status") == "active":
+        listing.paused_reason = None
+        listing.paused_at = None
+    session.flush()
+    logger.info("listing updated", extra={"listing_id": listing.id, "fields": sorted(changes)})
+    return listing
+
+
+def delete_listing(session: Session, supplier: Supplier, listing_id: int) -> Listing:
+    """Withdraw a listing from sale. The row stays, because past calls refer to it."""
+    listing = own_listing(session, supplier, listing_id)
+    listing.status = "deleted"
+    session.flush()
+    logger.info("listing deleted", extra={"listing_id": listing.id})
     return listing
 
 
@@ -132,6 +209,13 @@ def offer_view(listing: Listing) -> dict:
         "supplier_id": listing.supplier_id,
         "status": listing.status,
         "max_output_tokens": listing.max_output_tokens,
+        "upstream_protocol": listing.upstream_protocol,
+        "region": listing.region,
+        "limits": {
+            "requests_per_minute": listing.requests_per_minute,
+            "tokens_per_minute": listing.tokens_per_minute,
+            "tokens_per_day": listing.tokens_per_day,
+        },
         "list_price": {
             "input_micro_usd_per_mtok": listing.list_input_micro_usd_per_mtok,
             "output_micro_usd_per_mtok": listing.list_output_micro_usd_per_mtok,

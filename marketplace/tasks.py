@@ -46,3 +46,24 @@ def watch_deposits_task() -> list[dict]:
 def reconcile_task() -> dict:
     db = get_database(get_settings().database_url)
     return reconcile(db, _chain_connections()).to_dict()
+
+
+@celery_app.task(name="tokenport.probe_paused_listings")
+def probe_paused_listings_task() -> dict[str, bool]:
+    import anyio
+
+    from marketplace.probes import probe_paused_listings
+
+    settings = get_settings()
+    results = anyio.run(probe_paused_listings, get_database(settings.database_url), settings)
+    return {str(listing_id): reactivated for listing_id, reactivated in results.items()}
+
+
+@celery_app.task(name="tokenport.close_settlement_period")
+def close_settlement_period_task() -> dict | None:
+    """Close the next settlement period if one is due, and commit it on-chain."""
+    from marketplace.settlement.config import get_settlement_settings
+    from marketplace.settlement.period import close_scheduled_period
+
+    settings = get_settings()
+    return close_scheduled_period(get_database(settings.database_url), settings, get_settlement_settings())

@@ -1,42 +1,77 @@
-"""A mock OpenAI-compatible upstream for development, tests and benchmarks.
+"""A mock upstream for development, tests and benchmarks, speaking three protocols.
 
 Run it with `python -m providers.mock_upstream --host 127.0.0.1 --port 9000`, or mount
-`create_mock_app()` in-process. It serves `POST /v1/chat/completions` (streaming and not) and
-`GET /v1/models` in OpenAI's wire format, and checks `Authorization: Bearer <api_key>`.
+`create_mock_app()` in-process. One server serves, streaming and not:
+
+- OpenAI Chat Completions: `POST /v1/chat/completions` and `GET /v1/models`, checking
+  `Authorization: Bearer <api_key>`.
+- Anthropic Messages: `POST /v1/messages`, checking `x-api-key` and requiring an
+  `anthropic-version` header.
+- Gemini: `POST /v1beta/models/{model}:generateContent` and
+  `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`, checking `x-goog-api-key` (or the
+  `key` query parameter).
 
 Content rule. The reply is the first words of `MOCK_REPLY_WORDS`, joined by single spaces, and
 each word is one completion token. The token budget is `max_completion_tokens`, else
-`max_tokens`, else unlimited. With the `reasoning` fault, the first `MOCK_REASONING_WORDS` (one
-token each) are spent from the budget before the reply words and are reported as
-`reasoning_content` and `reasoning_tokens`. `finish_reason` is "length" when the budget cut
-either part short, else "stop".
+`max_tokens` (OpenAI), `max_tokens` (Anthropic) or `generationConfig.maxOutputTokens` (Gemini),
+else unlimited. With the `reasoning` fault, the first `MOCK_REASONING_WORDS` (one token each)
+are spent from the budget before the reply words, and are sent as `reasoning_content`, a
+thinking block or thought parts. Stop sequences (`stop`, `stop_sequences` or
+`generationConfig.stopSequences`) end the reply before the first word whose addition would make
+the text contain one of them. The finish reason is "length" when the budget cut either part
+short, else "stop" (Anthropic: "stop_sequence" when a stop sequence ended it, else "end_turn").
+
+Tool rule. When the request defines tools, does not set the tool choice to none, and its last
+message is a user message whose text contains the word "weather" (any case), the reply is a call
+of the first tool with the arguments `MOCK_TOOL_ARGUMENTS` instead of text. The call costs
+`MOCK_TOOL_CALL_TOKENS` completion tokens after any reasoning words and is never cut by the
+budget. The finish reason is "tool_calls" (Anthropic "tool_use", Gemini "STOP"). A last message
+that only carries tool results has no text, so the reply after a tool call is text again.
+
+Choices rule. OpenAI `n` and Gemini `candidateCount` ask for that many identical choices; the
+usage counts the prompt once and the completion once per choice.
 
 Prompt rule. `prompt_tokens` is the sum over messages of `MOCK_PROMPT_TOKENS_PER_MESSAGE` plus
 the number of whitespace-separated words in the message's text. The text is `content` when it
-is a string, else the `text` of every part of type "text". Other fields (name, tool calls,
-images) count nothing.
+is a string, else the `text` of every part or block of type "text" (Gemini: every part with a
+`text`). Anthropic's `system` and Gemini's `systemInstruction` count as one more message. Other
+fields (names, tool calls, tool results, images) count nothing.
 
 Example: {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 5} gets
 "This is the Tokenport mock" with finish_reason "length" and usage prompt_tokens 5
 (3 + 2 words), completion_tokens 5. `expected_usage(body)` computes the same figures.
 
+Usage conventions. OpenAI reports cache reads in `prompt_tokens_details.cached_tokens` (and,
+only with the `cache_write` fault, writes in `prompt_tokens_details.cache_write_tokens`).
+Anthropic reports `input_tokens` without cache reads and writes, which go in
+`cache_read_input_tokens` and `cache_creation_input_tokens`, and reasoning in
+`output_tokens_details.thinking_tokens`. Gemini reports `promptTokenCount` with the cached
+tokens included, `cachedContentTokenCount`, `candidatesTokenCount` without thoughts and
+`thoughtsTokenCount`.
+
 Faults. Each request may name faults in the header `x-mock-fault` (comma-separated) or as
 suffixes of the model name joined by "+" (for example "mock-1+reasoning+cached:4"), and
-`POST /_mock/faults` with {"faults": [...], "count": N} adds faults to the next N chat
-completion requests. Faults from all three sources apply together:
+`POST /_mock/faults` with {"faults": [...], "count": N} adds faults to the next N completion
+requests of any protocol. Faults from all three sources apply together:
 
-- `status_500`: HTTP 500 with an OpenAI error body.
-- `status_429`: HTTP 429 with `Retry-After: MOCK_RETRY_AFTER_S`.
+- `status_500`: HTTP 500 with the protocol's error body.
+- `status_429`: HTTP 429 with `Retry-After: MOCK_RETRY_AFTER_S` (Gemini also puts the delay in
+  a RetryInfo detail of the body).
 - `timeout`: waits `timeout_fault_s` before responding, or until the client disconnects.
-- `malformed_sse`: streams a `data:` line that is not JSON after the role chunk. A
+- `malformed_sse`: streams a `data:` line that is not JSON after the first event. A
   non-streaming request gets a 200 body that is not JSON.
-- `disconnect_after:K`: streams K content chunks (at most all of them), then drops the
-  connection before the finish chunk. A non-streaming request gets half of its body, then the
-  connection is dropped.
-- `no_usage`: leaves out the usage chunk and the `usage` field.
-- `zero_cost_usage`: adds `"cost": 0` to the usage object, as some gateways do.
+- `disconnect_after:K`: streams K content chunks (text words or tool argument pieces, at most
+  all of them), then drops the connection before the finish. A non-streaming request gets half
+  of its body, then the connection is dropped.
+- `stream_error`: streams one content chunk, then an error event in the protocol's form
+  (OpenAI error object, Anthropic `error` event of type overloaded_error, Gemini error object
+  with code 503), then ends. A non-streaming request is unaffected.
+- `no_usage`: leaves out every usage report.
+- `zero_cost_usage`: adds `"cost": 0` to the OpenAI usage object, as some gateways do.
 - `reasoning`: adds reasoning as described above.
-- `cached:N`: reports min(N, prompt_tokens) as `prompt_tokens_details.cached_tokens`.
+- `cached:N`: reports min(N, prompt tokens) prompt tokens as read from the cache.
+- `cache_write:N`: reports min(N, prompt tokens not read from the cache) as written to it
+  (Gemini has no field for it and ignores it).
 - `chunk_delay_ms:N`: waits N milliseconds before each reasoning and content chunk.
 
 Test support: `GET /_mock/stats` returns request counts and the last request bodies, and
@@ -51,9 +86,10 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,15 +108,22 @@ MOCK_MODELS = ("mock-1", "mock-reasoner")
 MOCK_REPLY_WORDS = tuple("This is the Tokenport mock upstream and every word is one token".split())
 MOCK_REASONING_WORDS = tuple("Thinking about the request".split())
 MOCK_PROMPT_TOKENS_PER_MESSAGE = 3
+MOCK_TOOL_ARGUMENTS: dict[str, Any] = {"location": "Paris"}
+MOCK_TOOL_CALL_TOKENS = 8
+# Tool arguments are streamed in two pieces, split at this character offset of their JSON.
+MOCK_TOOL_ARGUMENTS_SPLIT = 13
+MOCK_THOUGHT_SIGNATURE = "bW9jay10aG91Z2h0LXNpZ25hdHVyZQ=="
 MOCK_RETRY_AFTER_S = 7
 MOCK_TIMEOUT_FAULT_S = 30.0
 MOCK_MAX_RECORDED_BODIES = 20
+MOCK_MAX_CHOICES = 8
 MOCK_SYSTEM_FINGERPRINT = "fp_tokenport_mock"
 MOCK_MODEL_CREATED = 1_700_000_000
 MODEL_FAULT_SEPARATOR = "+"
 FAULT_HEADER = "x-mock-fault"
 # How often the `timeout` fault checks whether the client has gone.
 _DISCONNECT_POLL_S = 0.05
+_WEATHER = re.compile(r"\bweather\b", re.IGNORECASE)
 
 _FLAG_FAULTS = frozenset(
     {
@@ -88,12 +131,13 @@ _FLAG_FAULTS = frozenset(
         "status_429",
         "timeout",
         "malformed_sse",
+        "stream_error",
         "no_usage",
         "zero_cost_usage",
         "reasoning",
     }
 )
-_COUNT_FAULTS = frozenset({"disconnect_after", "cached", "chunk_delay_ms"})
+_COUNT_FAULTS = frozenset({"disconnect_after", "cached", "cache_write", "chunk_delay_ms"})
 
 
 class InvalidFaultError(ValueError):
@@ -108,11 +152,13 @@ class Faults:
     status_429: bool = False
     timeout: bool = False
     malformed_sse: bool = False
+    stream_error: bool = False
     no_usage: bool = False
     zero_cost_usage: bool = False
     reasoning: bool = False
     disconnect_after: int | None = None
     cached: int | None = None
+    cache_write: int | None = None
     chunk_delay_ms: int = 0
 
 
@@ -155,73 +201,255 @@ def count_prompt_words(messages: Iterable[Mapping[str, Any]]) -> int:
     total = 0
     for message in messages:
         total += MOCK_PROMPT_TOKENS_PER_MESSAGE
-        content = message.get("content")
-        if isinstance(content, str):
-            total += len(content.split())
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, Mapping) and part.get("type") == "text":
-                    total += len(str(part.get("text", "")).split())
+        total += len(_message_text(message.get("content")).split())
     return total
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    return " ".join(
+        str(part.get("text", ""))
+        for part in content
+        if isinstance(part, Mapping) and part.get("type") == "text"
+    )
+
+
+# The reply rules, shared by the three protocols.
+
+
+@dataclass(frozen=True)
+class _MockRequest:
+    """What the reply rules read from a request, whatever its protocol."""
+
+    prompt_tokens: int
+    budget: int | None = None
+    stop_sequences: tuple[str, ...] = ()
+    tool_name: str | None = None
+    choices: int = 1
 
 
 @dataclass(frozen=True)
 class _Reply:
     reasoning_words: tuple[str, ...]
     content_words: tuple[str, ...]
-    finish_reason: str
+    # The tool's name and arguments when the tool rule applies.
+    tool_call: tuple[str, dict[str, Any]] | None
+    # "stop", "length", "stop_sequence" or "tool_calls", translated by each protocol.
+    finish: str
+    stop_sequence: str | None
+    choices: int
     usage: Usage
 
+    @property
+    def content(self) -> str:
+        return " ".join(self.content_words)
 
-def _plan_reply(body: Mapping[str, Any], faults: Faults) -> _Reply:
-    budget = body.get("max_completion_tokens")
-    if budget is None:
-        budget = body.get("max_tokens")
+    @property
+    def tool_arguments_json(self) -> str:
+        assert self.tool_call is not None
+        return json.dumps(self.tool_call[1])
 
+
+def _plan_reply(request: _MockRequest, faults: Faults) -> _Reply:
+    budget = request.budget
     reasoning_words = MOCK_REASONING_WORDS if faults.reasoning else ()
     if budget is not None:
         reasoning_words = reasoning_words[:budget]
-        content_words = MOCK_REPLY_WORDS[: budget - len(reasoning_words)]
-    else:
-        content_words = MOCK_REPLY_WORDS
+    reasoning_cut = faults.reasoning and len(reasoning_words) < len(MOCK_REASONING_WORDS)
 
-    truncated = len(content_words) < len(MOCK_REPLY_WORDS) or (
-        faults.reasoning and len(reasoning_words) < len(MOCK_REASONING_WORDS)
-    )
-    prompt_tokens = count_prompt_words(body["messages"])
+    tool_call = None
+    content_words: tuple[str, ...] = ()
+    stop_sequence = None
+    if request.tool_name is not None:
+        tool_call = (request.tool_name, dict(MOCK_TOOL_ARGUMENTS))
+        finish = "tool_calls"
+        per_choice = len(reasoning_words) + MOCK_TOOL_CALL_TOKENS
+    else:
+        candidates, stop_sequence = _cut_at_stop_sequence(request.stop_sequences)
+        content_words = candidates
+        if budget is not None:
+            content_words = candidates[: budget - len(reasoning_words)]
+        if reasoning_cut or len(content_words) < len(candidates):
+            finish = "length"
+            stop_sequence = None
+        else:
+            finish = "stop_sequence" if stop_sequence is not None else "stop"
+        per_choice = len(reasoning_words) + len(content_words)
+
+    cached = min(faults.cached or 0, request.prompt_tokens)
+    written = min(faults.cache_write or 0, request.prompt_tokens - cached)
     usage = Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=len(reasoning_words) + len(content_words),
-        cached_prompt_tokens=min(faults.cached or 0, prompt_tokens),
-        reasoning_tokens=len(reasoning_words),
+        prompt_tokens=request.prompt_tokens,
+        completion_tokens=per_choice * request.choices,
+        cached_prompt_tokens=cached,
+        cache_write_tokens=written,
+        reasoning_tokens=len(reasoning_words) * request.choices,
     )
     return _Reply(
         reasoning_words=reasoning_words,
         content_words=content_words,
-        finish_reason="length" if truncated else "stop",
+        tool_call=tool_call,
+        finish=finish,
+        stop_sequence=stop_sequence,
+        choices=request.choices,
         usage=usage,
     )
 
 
-def expected_usage(body: Mapping[str, Any], faults: Iterable[str] = ()) -> Usage:
-    """Return the usage the mock reports for `body`, with the faults of its model and `faults`."""
-    _, model_faults = split_model(str(body.get("model", "")))
-    return _plan_reply(body, parse_faults([*model_faults, *faults])).usage
+def _cut_at_stop_sequence(stop_sequences: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    for count in range(1, len(MOCK_REPLY_WORDS) + 1):
+        text = " ".join(MOCK_REPLY_WORDS[:count])
+        for sequence in stop_sequences:
+            if sequence and sequence in text:
+                return MOCK_REPLY_WORDS[: count - 1], sequence
+    return MOCK_REPLY_WORDS, None
 
 
-def expected_content(body: Mapping[str, Any], faults: Iterable[str] = ()) -> str:
-    """Return the assistant content the mock sends for `body`."""
-    _, model_faults = split_model(str(body.get("model", "")))
-    return " ".join(_plan_reply(body, parse_faults([*model_faults, *faults])).content_words)
+def _asks_for_weather(text: str) -> bool:
+    return _WEATHER.search(text) is not None
+
+
+def _openai_request(body: Mapping[str, Any]) -> _MockRequest:
+    budget = body.get("max_completion_tokens")
+    if budget is None:
+        budget = body.get("max_tokens")
+
+    tool_name = None
+    tools = body.get("tools") or []
+    last = body["messages"][-1]
+    if tools and body.get("tool_choice") != "none" and last.get("role") == "user":
+        if _asks_for_weather(_message_text(last.get("content"))):
+            tool_name = str((tools[0].get("function") or {}).get("name"))
+    return _MockRequest(
+        prompt_tokens=count_prompt_words(body["messages"]),
+        budget=budget,
+        stop_sequences=_stop_sequences(body.get("stop")),
+        tool_name=tool_name,
+        choices=body.get("n") or 1,
+    )
+
+
+def _anthropic_request(body: Mapping[str, Any]) -> _MockRequest:
+    messages = body["messages"]
+    prompt_tokens = count_prompt_words(messages)
+    system = body.get("system")
+    if system:
+        prompt_tokens += count_prompt_words([{"content": system}])
+
+    tool_name = None
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice") or {}
+    last = messages[-1]
+    if tools and choice.get("type") != "none" and last.get("role") == "user":
+        if _asks_for_weather(_message_text(last.get("content"))):
+            tool_name = str(tools[0].get("name"))
+    return _MockRequest(
+        prompt_tokens=prompt_tokens,
+        budget=body.get("max_tokens"),
+        stop_sequences=_stop_sequences(body.get("stop_sequences")),
+        tool_name=tool_name,
+    )
+
+
+def _gemini_request(body: Mapping[str, Any]) -> _MockRequest:
+    contents = body["contents"]
+    prompt_tokens = sum(
+        MOCK_PROMPT_TOKENS_PER_MESSAGE + len(_gemini_text(content).split()) for content in contents
+    )
+    if body.get("systemInstruction"):
+        prompt_tokens += MOCK_PROMPT_TOKENS_PER_MESSAGE
+        prompt_tokens += len(_gemini_text(body["systemInstruction"]).split())
+
+    config = body.get("generationConfig") or {}
+    mode = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
+    declarations = [
+        declaration
+        for tool in body.get("tools") or []
+        for declaration in tool.get("functionDeclarations") or []
+    ]
+    tool_name = None
+    last = contents[-1]
+    if declarations and mode != "NONE" and last.get("role", "user") == "user":
+        if _asks_for_weather(_gemini_text(last)):
+            tool_name = str(declarations[0].get("name"))
+    return _MockRequest(
+        prompt_tokens=prompt_tokens,
+        budget=config.get("maxOutputTokens"),
+        stop_sequences=_stop_sequences(config.get("stopSequences")),
+        tool_name=tool_name,
+        choices=config.get("candidateCount") or 1,
+    )
+
+
+def _gemini_text(content: Mapping[str, Any]) -> str:
+    return " ".join(
+        str(part["text"])
+        for part in content.get("parts") or []
+        if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+    )
+
+
+def _stop_sequences(stop: Any) -> tuple[str, ...]:
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, list):
+        return tuple(item for item in stop if isinstance(item, str))
+    return ()
+
+
+_REQUEST_READERS: dict[str, Callable[[Mapping[str, Any]], _MockRequest]] = {
+    "openai": _openai_request,
+    "anthropic": _anthropic_request,
+    "gemini": _gemini_request,
+}
+
+
+def _expected_reply(
+    body: Mapping[str, Any], faults: Iterable[str], protocol: str, model: str | None
+) -> _Reply:
+    _, model_faults = split_model(str(model if model is not None else body.get("model", "")))
+    return _plan_reply(_REQUEST_READERS[protocol](body), parse_faults([*model_faults, *faults]))
+
+
+def expected_usage(
+    body: Mapping[str, Any],
+    faults: Iterable[str] = (),
+    *,
+    protocol: str = "openai",
+    model: str | None = None,
+) -> Usage:
+    """Return the usage the mock reports for `body`, with the faults of its model and `faults`.
+
+    `protocol` is "openai", "anthropic" or "gemini". Gemini bodies carry no model, so pass the
+    model of the URL as `model` to apply its fault suffixes.
+    """
+    return _expected_reply(body, faults, protocol, model).usage
+
+
+def expected_content(
+    body: Mapping[str, Any],
+    faults: Iterable[str] = (),
+    *,
+    protocol: str = "openai",
+    model: str | None = None,
+) -> str:
+    """Return the assistant text the mock sends for `body` ("" for a tool call)."""
+    return _expected_reply(body, faults, protocol, model).content
 
 
 def usage_to_openai(usage: Usage, *, zero_cost: bool = False) -> dict[str, Any]:
     """Render a `Usage` as OpenAI's Chat Completions `usage` object."""
+    prompt_details: dict[str, Any] = {"cached_tokens": usage.cached_prompt_tokens, "audio_tokens": 0}
+    if usage.cache_write_tokens:
+        prompt_details["cache_write_tokens"] = usage.cache_write_tokens
     rendered: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens, "audio_tokens": 0},
+        "prompt_tokens_details": prompt_details,
         "completion_tokens_details": {
             "reasoning_tokens": usage.reasoning_tokens,
             "audio_tokens": 0,
@@ -232,6 +460,36 @@ def usage_to_openai(usage: Usage, *, zero_cost: bool = False) -> dict[str, Any]:
     if zero_cost:
         rendered["cost"] = 0
     return rendered
+
+
+def usage_to_anthropic(usage: Usage) -> dict[str, Any]:
+    """Render a `Usage` as Anthropic's `usage` object, input_tokens without cache counts."""
+    rendered: dict[str, Any] = {
+        "input_tokens": usage.uncached_prompt_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cached_prompt_tokens,
+        "output_tokens": usage.completion_tokens,
+    }
+    if usage.reasoning_tokens:
+        rendered["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
+    return rendered
+
+
+def usage_to_gemini(usage: Usage) -> dict[str, Any]:
+    """Render a `Usage` as Gemini's `usageMetadata`, whose prompt count includes cached tokens."""
+    rendered: dict[str, Any] = {
+        "promptTokenCount": usage.prompt_tokens,
+        "candidatesTokenCount": usage.completion_tokens - usage.reasoning_tokens,
+        "totalTokenCount": usage.total_tokens,
+    }
+    if usage.cached_prompt_tokens:
+        rendered["cachedContentTokenCount"] = usage.cached_prompt_tokens
+    if usage.reasoning_tokens:
+        rendered["thoughtsTokenCount"] = usage.reasoning_tokens
+    return rendered
+
+
+# State and the app.
 
 
 @dataclass
@@ -245,8 +503,12 @@ class MockState:
     streams_completed: int = 0
     streams_aborted: int = 0
     completion_ids: int = 0
+    requests_by_protocol: dict[str, int] = field(default_factory=dict)
     last_bodies: deque[Any] = field(default_factory=lambda: deque(maxlen=MOCK_MAX_RECORDED_BODIES))
     last_faults: deque[list[str]] = field(
+        default_factory=lambda: deque(maxlen=MOCK_MAX_RECORDED_BODIES)
+    )
+    last_headers: deque[dict[str, str]] = field(
         default_factory=lambda: deque(maxlen=MOCK_MAX_RECORDED_BODIES)
     )
     # Each entry is [fault names, requests left]. Requests use up the oldest entry first.
@@ -261,9 +523,14 @@ class MockState:
             self.scheduled_faults.popleft()
         return list(entry[0])
 
+    def next_id(self) -> int:
+        self.completion_ids += 1
+        return self.completion_ids
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
+            "requests_by_protocol": dict(self.requests_by_protocol),
             "models_requests": self.models_requests,
             "unauthorized": self.unauthorized,
             "streams_started": self.streams_started,
@@ -271,40 +538,75 @@ class MockState:
             "streams_aborted": self.streams_aborted,
             "last_bodies": list(self.last_bodies),
             "last_faults": list(self.last_faults),
+            "last_headers": list(self.last_headers),
             "scheduled_faults": [
                 {"faults": names, "count": count} for names, count in self.scheduled_faults
             ],
         }
 
 
+# Headers recorded per request, so tests can check what an adapter sent. Credentials are left
+# out on purpose.
+_RECORDED_HEADERS = ("anthropic-version", "accept", "content-type")
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    """How one protocol authenticates, validates, fails and answers in the mock."""
+
+    name: str
+    check_credential: Callable[[Request, str | None], Response | None]
+    validate: Callable[[Request, Any], Response | None]
+    error: Callable[..., Response]
+    respond: Callable[["_Call"], Response]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One validated completion request with its faults and planned reply."""
+
+    state: MockState
+    body: Mapping[str, Any]
+    model: str
+    faults: Faults
+    reply: _Reply
+    streaming: bool
+    number: int
+    created: int
+
+
 def create_mock_app(
     api_key: str | None = MOCK_API_KEY, *, timeout_fault_s: float = MOCK_TIMEOUT_FAULT_S
 ) -> Starlette:
-    """Create the mock upstream app. With `api_key=None` any bearer credential is accepted."""
+    """Create the mock upstream app. With `api_key=None` any credential is accepted."""
     state = MockState()
 
-    async def chat_completions(request: Request) -> Response:
+    async def handle(request: Request, protocol: _Protocol, model: str | None, streaming: bool) -> Response:
         state.requests += 1
-        denied = _check_credential(request, api_key)
+        state.requests_by_protocol[protocol.name] = state.requests_by_protocol.get(protocol.name, 0) + 1
+        denied = protocol.check_credential(request, api_key)
         if denied is not None:
             state.unauthorized += 1
             return denied
 
+        state.last_headers.append(
+            {name: request.headers[name] for name in _RECORDED_HEADERS if name in request.headers}
+        )
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError):
             state.last_bodies.append(None)
             state.last_faults.append([])
-            return _invalid_request("The request body is not valid JSON.", None)
+            return protocol.error(400, "The request body is not valid JSON.", None)
         state.last_bodies.append(body)
 
-        invalid = _validate_body(body)
+        invalid = protocol.validate(request, body)
         if invalid is not None:
             state.last_faults.append([])
             return invalid
 
         # Scheduled faults are used up only by requests that pass validation.
-        base_model, model_faults = split_model(body["model"])
+        base_model, model_faults = split_model(model if model is not None else body["model"])
         fault_specs = [
             *request.headers.get(FAULT_HEADER, "").split(","),
             *model_faults,
@@ -315,45 +617,61 @@ def create_mock_app(
         try:
             faults = parse_faults(applied)
         except InvalidFaultError as exc:
-            return _invalid_request(str(exc), FAULT_HEADER)
+            return protocol.error(400, str(exc), FAULT_HEADER)
 
         if faults.timeout:
             await _wait_or_disconnect(request, timeout_fault_s)
         if faults.status_500:
-            return _error_response(
-                500,
-                "The mock upstream failed on purpose (fault status_500).",
-                "server_error",
-                None,
-            )
+            return protocol.error(500, "The mock upstream failed on purpose (fault status_500).", None)
         if faults.status_429:
-            return _error_response(
+            return protocol.error(
                 429,
                 "Rate limit reached for requests (mock fault status_429).",
-                "requests",
-                "rate_limit_exceeded",
+                None,
                 headers={"retry-after": str(MOCK_RETRY_AFTER_S)},
             )
 
-        reply = _plan_reply(body, faults)
-        state.completion_ids += 1
-        completion_id = f"chatcmpl-mock{state.completion_ids:010d}"
-        created = int(time.time())
-        logger.debug(
-            "Responding with %s for model %r, faults %s", completion_id, base_model, applied
+        reader = _REQUEST_READERS[protocol.name]
+        call = _Call(
+            state=state,
+            body=body,
+            model=base_model,
+            faults=faults,
+            reply=_plan_reply(reader(body), faults),
+            streaming=streaming,
+            number=state.next_id(),
+            created=int(time.time()),
         )
+        logger.debug(
+            "Responding to %s request %s for model %r, faults %s",
+            protocol.name,
+            call.number,
+            base_model,
+            applied,
+        )
+        return protocol.respond(call)
 
-        if body.get("stream") is True:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            events = _stream_events(
-                state, reply, faults, completion_id, created, base_model, include_usage
+    async def chat_completions(request: Request) -> Response:
+        body_stream = await _peek_stream_flag(request)
+        return await handle(request, OPENAI, None, body_stream)
+
+    async def messages(request: Request) -> Response:
+        return await handle(request, ANTHROPIC, None, await _peek_stream_flag(request))
+
+    async def generate_content(request: Request) -> Response:
+        model, _, method = request.path_params["target"].rpartition(":")
+        if not model or method not in ("generateContent", "streamGenerateContent"):
+            return _gemini_error(404, f"Unknown method {request.path_params['target']!r}.", None)
+        streaming = method == "streamGenerateContent"
+        if streaming and request.query_params.get("alt") != "sse":
+            return _gemini_error(
+                400, "The mock serves streamGenerateContent only with alt=sse.", "alt"
             )
-            return StreamingResponse(events, media_type="text/event-stream")
-        return _completion_response(reply, faults, completion_id, created, base_model)
+        return await handle(request, GEMINI, model, streaming)
 
     async def list_models(request: Request) -> Response:
         state.models_requests += 1
-        denied = _check_credential(request, api_key)
+        denied = _check_bearer(request, api_key)
         if denied is not None:
             state.unauthorized += 1
             return denied
@@ -401,6 +719,8 @@ def create_mock_app(
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1beta/models/{target}", generate_content, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/_mock/stats", stats, methods=["GET"]),
         Route("/_mock/reset", reset, methods=["POST"]),
@@ -413,25 +733,51 @@ def create_mock_app(
     return app
 
 
-def _check_credential(request: Request, api_key: str | None) -> Response | None:
+async def _peek_stream_flag(request: Request) -> bool:
+    # Starlette caches the body, so the handler can read it again.
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(body, dict) and body.get("stream") is True
+
+
+async def _wait_or_disconnect(request: Request, duration_s: float) -> None:
+    deadline = time.monotonic() + duration_s
+    while time.monotonic() < deadline:
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(_DISCONNECT_POLL_S)
+
+
+def _echoed_key_message(presented: str, missing: str) -> str:
+    # Unlike real upstreams, which mask all but the last characters, the mock echoes the whole
+    # credential, so that tests can check that clients redact it.
+    return f"Incorrect API key provided: {presented}." if presented else missing
+
+
+def _matches(presented: str, api_key: str) -> bool:
+    return hmac.compare_digest(presented.encode(), api_key.encode())
+
+
+# OpenAI Chat Completions.
+
+
+def _check_bearer(request: Request, api_key: str | None) -> Response | None:
     if api_key is None:
         return None
     authorization = request.headers.get("authorization", "")
     scheme, _, presented = authorization.partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), api_key.encode()):
+    if scheme.lower() == "bearer" and _matches(presented, api_key):
         return None
-    # Unlike OpenAI, which masks all but the last characters, the mock echoes the whole
-    # credential, so that tests can check that clients redact it.
-    message = (
-        f"Incorrect API key provided: {presented}."
-        if presented
-        else "You didn't provide an API key in an Authorization: Bearer header."
+    message = _echoed_key_message(
+        presented, "You didn't provide an API key in an Authorization: Bearer header."
     )
     logger.info("Rejected %s %s: missing or wrong API key", request.method, request.url.path)
     return _error_response(401, message, "invalid_request_error", "invalid_api_key")
 
 
-def _validate_body(body: object) -> Response | None:
+def _validate_openai(request: Request, body: object) -> Response | None:
     if not isinstance(body, dict):
         return _invalid_request("The request body must be a JSON object.", None)
     if not isinstance(body.get("model"), str) or not body["model"]:
@@ -448,13 +794,21 @@ def _validate_body(body: object) -> Response | None:
 
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
+        if value is not None and not _is_positive_int(value):
             return _invalid_request(f"{name} must be an integer >= 1, got {value!r}.", name)
-    if body.get("n") not in (None, 1):
-        return _invalid_request("The mock upstream supports only n = 1.", "n")
+    n = body.get("n")
+    if n is not None and (not _is_positive_int(n) or n > MOCK_MAX_CHOICES):
+        return _invalid_request(f"n must be an integer from 1 to {MOCK_MAX_CHOICES}, got {n!r}.", "n")
+    tools = body.get("tools")
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(tool, dict) for tool in tools)
+    ):
+        return _invalid_request("tools must be a list of objects.", "tools")
     return None
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _error_response(
@@ -475,49 +829,561 @@ def _invalid_request(message: str, param: str | None) -> JSONResponse:
     return _error_response(400, message, "invalid_request_error", None, param=param)
 
 
-async def _wait_or_disconnect(request: Request, duration_s: float) -> None:
-    deadline = time.monotonic() + duration_s
-    while time.monotonic() < deadline:
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(_DISCONNECT_POLL_S)
-
-
-def _completion_response(
-    reply: _Reply, faults: Faults, completion_id: str, created: int, model: str
+def _openai_error(
+    status_code: int, message: str, param: str | None, *, headers: Mapping[str, str] | None = None
 ) -> Response:
-    if faults.malformed_sse:
+    if status_code == 400:
+        return _invalid_request(message, param)
+    if status_code == 429:
+        return _error_response(
+            429, message, "requests", "rate_limit_exceeded", headers=headers
+        )
+    return _error_response(status_code, message, "server_error", None, headers=headers)
+
+
+def _openai_respond(call: _Call) -> Response:
+    completion_id = f"chatcmpl-mock{call.number:010d}"
+    if call.streaming:
+        include_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
+        events = _openai_stream(call, completion_id, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    if call.faults.malformed_sse:
         return Response(
             b'{"id": "' + completion_id.encode() + b'", "object": "chat.compl',
             media_type="application/json",
         )
-
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": " ".join(reply.content_words),
-        "refusal": None,
-        "annotations": [],
-    }
-    if faults.reasoning:
-        message["reasoning_content"] = " ".join(reply.reasoning_words)
+    reply = call.reply
+    choices = [
+        {
+            "index": index,
+            "message": _openai_message(call, completion_id, index),
+            "logprobs": None,
+            "finish_reason": _openai_finish(reply),
+        }
+        for index in range(reply.choices)
+    ]
     body: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}
-        ],
+        "created": call.created,
+        "model": call.model,
+        "choices": choices,
         "service_tier": "default",
         "system_fingerprint": MOCK_SYSTEM_FINGERPRINT,
     }
-    if not faults.no_usage:
-        body["usage"] = usage_to_openai(reply.usage, zero_cost=faults.zero_cost_usage)
+    if not call.faults.no_usage:
+        body["usage"] = usage_to_openai(reply.usage, zero_cost=call.faults.zero_cost_usage)
+    return _json_or_dropped(body, call.faults)
 
+
+def _openai_finish(reply: _Reply) -> str:
+    return "stop" if reply.finish == "stop_sequence" else reply.finish
+
+
+def _openai_tool_call_id(completion_id: str, index: int) -> str:
+    return f"call_{completion_id.removeprefix('chatcmpl-')}_{index}"
+
+
+def _openai_message(call: _Call, completion_id: str, index: int) -> dict[str, Any]:
+    reply = call.reply
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None, "annotations": []}
+    if reply.tool_call is not None:
+        message["content"] = None
+        message["tool_calls"] = [
+            {
+                "id": _openai_tool_call_id(completion_id, index),
+                "type": "function",
+                "function": {"name": reply.tool_call[0], "arguments": reply.tool_arguments_json},
+            }
+        ]
+    if call.faults.reasoning:
+        message["reasoning_content"] = " ".join(reply.reasoning_words)
+    return message
+
+
+def _openai_stream(call: _Call, completion_id: str, include_usage: bool) -> AsyncIterator[bytes]:
+    reply = call.reply
+    faults = call.faults
+    report_usage = include_usage and not faults.no_usage
+    delay_s = faults.chunk_delay_ms / 1000
+
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        event: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": call.created,
+            "model": call.model,
+            "service_tier": "default",
+            "system_fingerprint": MOCK_SYSTEM_FINGERPRINT,
+            "choices": [
+                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        # OpenAI sends "usage": null in every chunk but the last when include_usage is set.
+        if report_usage:
+            event["usage"] = None
+        return _sse_data(event)
+
+    def content_deltas(index: int) -> list[dict[str, Any]]:
+        if reply.tool_call is None:
+            return [
+                {"content": word if position == 0 else " " + word}
+                for position, word in enumerate(reply.content_words)
+            ]
+        arguments = reply.tool_arguments_json
+        opening = {
+            "index": 0,
+            "id": _openai_tool_call_id(completion_id, index),
+            "type": "function",
+            "function": {"name": reply.tool_call[0], "arguments": ""},
+        }
+        pieces = [arguments[:MOCK_TOOL_ARGUMENTS_SPLIT], arguments[MOCK_TOOL_ARGUMENTS_SPLIT:]]
+        return [{"tool_calls": [opening]}] + [
+            {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} for piece in pieces
+        ]
+
+    async def events() -> AsyncIterator[bytes]:
+        for index in range(reply.choices):
+            yield chunk(index, {"role": "assistant", "content": "", "refusal": None})
+        if faults.malformed_sse:
+            yield b'data: {"id": "' + completion_id.encode() + b'", "choices": [{"delta": \n\n'
+
+        for position, word in enumerate(reply.reasoning_words):
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            for index in range(reply.choices):
+                yield chunk(index, {"reasoning_content": word if position == 0 else " " + word})
+
+        deltas = [content_deltas(index) for index in range(reply.choices)]
+        for position in range(len(deltas[0])):
+            if faults.disconnect_after is not None and position >= faults.disconnect_after:
+                break
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            for index in range(reply.choices):
+                yield chunk(index, deltas[index][position])
+            if faults.stream_error:
+                error = {"error": {"message": "The mock upstream failed mid-stream (fault stream_error).", "type": "server_error"}}
+                yield _sse_data(error)
+                return
+
+        if faults.disconnect_after is not None:
+            raise _MockDisconnect("mock fault disconnect_after: dropping the connection")
+
+        for index in range(reply.choices):
+            yield chunk(index, {}, _openai_finish(reply))
+        if report_usage:
+            usage_event = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": call.created,
+                "model": call.model,
+                "service_tier": "default",
+                "system_fingerprint": MOCK_SYSTEM_FINGERPRINT,
+                "choices": [],
+                "usage": usage_to_openai(reply.usage, zero_cost=faults.zero_cost_usage),
+            }
+            yield _sse_data(usage_event)
+        yield b"data: [DONE]\n\n"
+
+    return _counted_stream(call.state, events())
+
+
+# Anthropic Messages.
+
+
+def _check_anthropic_key(request: Request, api_key: str | None) -> Response | None:
+    if api_key is None:
+        return None
+    presented = request.headers.get("x-api-key", "")
+    if presented and _matches(presented, api_key):
+        return None
+    logger.info("Rejected %s %s: missing or wrong x-api-key", request.method, request.url.path)
+    message = _echoed_key_message(presented, "x-api-key header is required")
+    return _anthropic_error(401, message, None)
+
+
+def _anthropic_error(
+    status_code: int, message: str, param: str | None, *, headers: Mapping[str, str] | None = None
+) -> Response:
+    error_type = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status_code, "api_error")
+    if param is not None:
+        message = f"{param}: {message}"
+    body = {"type": "error", "error": {"type": error_type, "message": message}}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _validate_anthropic(request: Request, body: object) -> Response | None:
+    if not request.headers.get("anthropic-version"):
+        return _anthropic_error(400, "anthropic-version: header is required", None)
+    if not isinstance(body, dict):
+        return _anthropic_error(400, "The request body must be a JSON object.", None)
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return _anthropic_error(400, "Field required.", "model")
+    if not _is_positive_int(body.get("max_tokens")):
+        return _anthropic_error(400, "Field required and must be an integer >= 1.", "max_tokens")
+
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return _anthropic_error(400, "Field required and must be a non-empty list.", "messages")
+    for index, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ("user", "assistant")
+            or not isinstance(message.get("content"), (str, list))
+        ):
+            return _anthropic_error(
+                400, "Each message needs role user or assistant and content.", f"messages.{index}"
+            )
+    if "n" in body:
+        return _anthropic_error(400, "Extra inputs are not permitted.", "n")
+    return None
+
+
+def _anthropic_respond(call: _Call) -> Response:
+    message_id = f"msg_mock{call.number:010d}"
+    if call.streaming:
+        return StreamingResponse(_anthropic_stream(call, message_id), media_type="text/event-stream")
+    if call.faults.malformed_sse:
+        return Response(b'{"id": "' + message_id.encode() + b'", "type": "mess', media_type="application/json")
+
+    message = _anthropic_message(call, message_id, complete=True)
+    return _json_or_dropped(message, call.faults)
+
+
+def _anthropic_stop_reason(reply: _Reply) -> str:
+    return {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}.get(
+        reply.finish, reply.finish
+    )
+
+
+def _anthropic_tool_use_id(message_id: str) -> str:
+    return f"toolu_{message_id.removeprefix('msg_')}"
+
+
+def _anthropic_message(call: _Call, message_id: str, *, complete: bool) -> dict[str, Any]:
+    reply = call.reply
+    content: list[dict[str, Any]] = []
+    if complete:
+        if call.faults.reasoning:
+            content.append(
+                {"type": "thinking", "thinking": " ".join(reply.reasoning_words), "signature": MOCK_THOUGHT_SIGNATURE}
+            )
+        if reply.tool_call is not None:
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": _anthropic_tool_use_id(message_id),
+                    "name": reply.tool_call[0],
+                    "input": reply.tool_call[1],
+                }
+            )
+        else:
+            content.append({"type": "text", "text": reply.content})
+
+    message: dict[str, Any] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": call.model,
+        "content": content,
+        "stop_reason": _anthropic_stop_reason(reply) if complete else None,
+        "stop_sequence": reply.stop_sequence if complete else None,
+    }
+    if not call.faults.no_usage:
+        usage = usage_to_anthropic(reply.usage)
+        if not complete:
+            # message_start reports the output so far, which the message_delta events update.
+            usage["output_tokens"] = 1
+            usage.pop("output_tokens_details", None)
+        message["usage"] = usage
+    return message
+
+
+def _anthropic_event(event: dict[str, Any]) -> bytes:
+    return b"event: " + event["type"].encode() + b"\n" + _sse_data(event)
+
+
+def _anthropic_stream(call: _Call, message_id: str) -> AsyncIterator[bytes]:
+    reply = call.reply
+    faults = call.faults
+    delay_s = faults.chunk_delay_ms / 1000
+
+    def block_events(index: int, start: dict[str, Any], deltas: list[dict[str, Any]]) -> list[bytes]:
+        return [
+            _anthropic_event({"type": "content_block_start", "index": index, "content_block": start}),
+            *(
+                _anthropic_event({"type": "content_block_delta", "index": index, "delta": delta})
+                for delta in deltas
+            ),
+        ]
+
+    async def events() -> AsyncIterator[bytes]:
+        message = _anthropic_message(call, message_id, complete=False)
+        yield _anthropic_event({"type": "message_start", "message": message})
+        if faults.malformed_sse:
+            yield b'event: content_block_start\ndata: {"type": "content_block_start", "index": \n\n'
+        yield _anthropic_event({"type": "ping"})
+
+        index = 0
+        if faults.reasoning:
+            deltas = [
+                {"type": "thinking_delta", "thinking": word if position == 0 else " " + word}
+                for position, word in enumerate(reply.reasoning_words)
+            ] + [{"type": "signature_delta", "signature": MOCK_THOUGHT_SIGNATURE}]
+            for event in block_events(index, {"type": "thinking", "thinking": "", "signature": ""}, deltas):
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                yield event
+            yield _anthropic_event({"type": "content_block_stop", "index": index})
+            index += 1
+
+        if reply.tool_call is not None:
+            arguments = reply.tool_arguments_json
+            start = {"type": "tool_use", "id": _anthropic_tool_use_id(message_id), "name": reply.tool_call[0], "input": {}}
+            # The Messages API opens a tool's input with an empty partial_json.
+            pieces = ["", arguments[:MOCK_TOOL_ARGUMENTS_SPLIT], arguments[MOCK_TOOL_ARGUMENTS_SPLIT:]]
+            deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
+        else:
+            start = {"type": "text", "text": ""}
+            deltas = [
+                {"type": "text_delta", "text": word if position == 0 else " " + word}
+                for position, word in enumerate(reply.content_words)
+            ]
+
+        opening, *delta_events = block_events(index, start, deltas)
+        yield opening
+        for position, event in enumerate(delta_events):
+            if faults.disconnect_after is not None and position >= faults.disconnect_after:
+                raise _MockDisconnect("mock fault disconnect_after: dropping the connection")
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            yield event
+            if faults.stream_error:
+                error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (mock fault stream_error)"}}
+                yield _anthropic_event(error)
+                return
+        if faults.disconnect_after is not None:
+            raise _MockDisconnect("mock fault disconnect_after: dropping the connection")
+        yield _anthropic_event({"type": "content_block_stop", "index": index})
+
+        delta: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": _anthropic_stop_reason(reply), "stop_sequence": reply.stop_sequence},
+        }
+        if not faults.no_usage:
+            usage: dict[str, Any] = {"output_tokens": reply.usage.completion_tokens}
+            if reply.usage.reasoning_tokens:
+                usage["output_tokens_details"] = {"thinking_tokens": reply.usage.reasoning_tokens}
+            delta["usage"] = usage
+        yield _anthropic_event(delta)
+        yield _anthropic_event({"type": "message_stop"})
+
+    return _counted_stream(call.state, events())
+
+
+# Gemini generateContent.
+
+_GEMINI_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+
+
+def _check_google_key(request: Request, api_key: str | None) -> Response | None:
+    if api_key is None:
+        return None
+    presented = request.headers.get("x-goog-api-key") or request.query_params.get("key", "")
+    if presented and _matches(presented, api_key):
+        return None
+    logger.info("Rejected %s %s: missing or wrong API key", request.method, request.url.path)
+    if not presented:
+        return _gemini_error(403, "Method doesn't allow unregistered callers. Please use an API key.", None)
+    return _gemini_error(400, f"API key not valid: {presented}. Please pass a valid API key.", None)
+
+
+def _gemini_error(
+    status_code: int, message: str, param: str | None, *, headers: Mapping[str, str] | None = None
+) -> Response:
+    if param is not None:
+        message = f"{param}: {message}"
+    error: dict[str, Any] = {
+        "code": status_code,
+        "message": message,
+        "status": _GEMINI_STATUSES.get(status_code, "UNKNOWN"),
+    }
+    if status_code == 429:
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{MOCK_RETRY_AFTER_S}s"}
+        ]
+    return JSONResponse({"error": error}, status_code=status_code, headers=headers)
+
+
+def _validate_gemini(request: Request, body: object) -> Response | None:
+    if not isinstance(body, dict):
+        return _gemini_error(400, "The request body must be a JSON object.", None)
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return _gemini_error(400, "contents must be a non-empty list.", "contents")
+    for index, content in enumerate(contents):
+        if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+            return _gemini_error(400, "Each content needs a parts list.", f"contents[{index}]")
+    config = body.get("generationConfig") or {}
+    if not isinstance(config, dict):
+        return _gemini_error(400, "generationConfig must be an object.", "generationConfig")
+    for name in ("maxOutputTokens", "candidateCount"):
+        value = config.get(name)
+        if value is not None and not _is_positive_int(value):
+            return _gemini_error(400, f"must be an integer >= 1, got {value!r}.", f"generationConfig.{name}")
+    if (config.get("candidateCount") or 1) > MOCK_MAX_CHOICES:
+        return _gemini_error(400, f"must be at most {MOCK_MAX_CHOICES}.", "generationConfig.candidateCount")
+    return None
+
+
+def _gemini_finish(reply: _Reply) -> str:
+    return "MAX_TOKENS" if reply.finish == "length" else "STOP"
+
+
+def _gemini_respond(call: _Call) -> Response:
+    response_id = f"mock{call.number:010d}"
+    if call.streaming:
+        return StreamingResponse(_gemini_stream(call, response_id), media_type="text/event-stream")
+    if call.faults.malformed_sse:
+        return Response(b'{"candidates": [{"content": ', media_type="application/json")
+
+    reply = call.reply
+    parts: list[dict[str, Any]] = []
+    if call.faults.reasoning:
+        parts.append({"text": " ".join(reply.reasoning_words), "thought": True})
+    if reply.tool_call is not None:
+        parts.append(_gemini_function_call_part(reply))
+    else:
+        parts.append({"text": reply.content})
+
+    candidates = [
+        {"content": {"role": "model", "parts": parts}, "finishReason": _gemini_finish(reply), "index": index}
+        for index in range(reply.choices)
+    ]
+    body: dict[str, Any] = {"candidates": candidates, "modelVersion": call.model, "responseId": response_id}
+    if not call.faults.no_usage:
+        body["usageMetadata"] = usage_to_gemini(reply.usage)
+    return _json_or_dropped(body, call.faults)
+
+
+def _gemini_function_call_part(reply: _Reply) -> dict[str, Any]:
+    assert reply.tool_call is not None
+    name, arguments = reply.tool_call
+    return {"functionCall": {"name": name, "args": arguments}, "thoughtSignature": MOCK_THOUGHT_SIGNATURE}
+
+
+def _gemini_stream(call: _Call, response_id: str) -> AsyncIterator[bytes]:
+    reply = call.reply
+    faults = call.faults
+    delay_s = faults.chunk_delay_ms / 1000
+
+    def response(parts: list[dict[str, Any]], output_so_far: int, finish: bool = False) -> bytes:
+        candidates = []
+        for index in range(reply.choices):
+            candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": index}
+            if finish:
+                candidate["finishReason"] = _gemini_finish(reply)
+            candidates.append(candidate)
+        data: dict[str, Any] = {"candidates": candidates, "modelVersion": call.model, "responseId": response_id}
+        if not faults.no_usage:
+            if finish:
+                data["usageMetadata"] = usage_to_gemini(reply.usage)
+            else:
+                # Responses before the last report the prompt and the output so far.
+                data["usageMetadata"] = {
+                    "promptTokenCount": reply.usage.prompt_tokens,
+                    "candidatesTokenCount": output_so_far,
+                    "totalTokenCount": reply.usage.prompt_tokens + output_so_far,
+                }
+        return _sse_data(data)
+
+    if reply.tool_call is not None:
+        # Gemini sends a function call whole, in the response that finishes the candidate.
+        content_steps: list[list[dict[str, Any]]] = [[_gemini_function_call_part(reply)]]
+    else:
+        content_steps = [
+            [{"text": word if position == 0 else " " + word}]
+            for position, word in enumerate(reply.content_words)
+        ] or [[{"text": ""}]]
+    reasoning_steps = [
+        [{"text": word if position == 0 else " " + word, "thought": True}]
+        for position, word in enumerate(reply.reasoning_words)
+    ]
+    steps = [(parts, False) for parts in reasoning_steps] + [(parts, True) for parts in content_steps]
+    # The last response carries the finish, unless a fault ends the stream before it.
+    finishes = faults.disconnect_after is None and not faults.stream_error
+
+    async def events() -> AsyncIterator[bytes]:
+        content_sent = 0
+        for number, (parts, is_content) in enumerate(steps):
+            if is_content:
+                if faults.disconnect_after is not None and content_sent >= faults.disconnect_after:
+                    raise _MockDisconnect("mock fault disconnect_after: dropping the connection")
+                content_sent += 1
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            yield response(parts, number + 1, finish=finishes and number == len(steps) - 1)
+            if number == 0 and faults.malformed_sse:
+                yield b'data: {"candidates": [{"content": \n\n'
+            if is_content and faults.stream_error:
+                error = {
+                    "error": {
+                        "code": 503,
+                        "message": "The model is overloaded (mock fault stream_error).",
+                        "status": "UNAVAILABLE",
+                    }
+                }
+                yield _sse_data(error)
+                return
+        if faults.disconnect_after is not None:
+            raise _MockDisconnect("mock fault disconnect_after: dropping the connection")
+
+    return _counted_stream(call.state, events())
+
+
+OPENAI = _Protocol("openai", _check_bearer, _validate_openai, _openai_error, _openai_respond)
+ANTHROPIC = _Protocol(
+    "anthropic", _check_anthropic_key, _validate_anthropic, _anthropic_error, _anthropic_respond
+)
+GEMINI = _Protocol("gemini", _check_google_key, _validate_gemini, _gemini_error, _gemini_respond)
+
+
+# Responses, streams and deliberate disconnects.
+
+
+def _json_or_dropped(body: Mapping[str, Any], faults: Faults) -> Response:
     encoded = _encode(body)
     if faults.disconnect_after is not None:
         return _DroppedResponse(encoded)
     return Response(encoded, media_type="application/json")
+
+
+async def _counted_stream(state: MockState, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    state.streams_started += 1
+    completed = False
+    try:
+        async for event in events:
+            yield event
+        completed = True
+    finally:
+        if completed:
+            state.streams_completed += 1
+        else:
+            state.streams_aborted += 1
 
 
 class _MockDisconnect(Exception):
@@ -553,77 +1419,8 @@ class _DroppedResponse(Response):
         raise _MockDisconnect("mock fault disconnect_after: dropping the connection")
 
 
-async def _stream_events(
-    state: MockState,
-    reply: _Reply,
-    faults: Faults,
-    completion_id: str,
-    created: int,
-    model: str,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
-    report_usage = include_usage and not faults.no_usage
-    delay_s = faults.chunk_delay_ms / 1000
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        event: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "service_tier": "default",
-            "system_fingerprint": MOCK_SYSTEM_FINGERPRINT,
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
-        # OpenAI sends "usage": null in every chunk but the last when include_usage is set.
-        if report_usage:
-            event["usage"] = None
-        return b"data: " + _encode(event) + b"\n\n"
-
-    state.streams_started += 1
-    completed = False
-    try:
-        yield chunk({"role": "assistant", "content": "", "refusal": None})
-        if faults.malformed_sse:
-            yield b'data: {"id": "' + completion_id.encode() + b'", "choices": [{"delta": \n\n'
-
-        for index, word in enumerate(reply.reasoning_words):
-            if delay_s:
-                await asyncio.sleep(delay_s)
-            yield chunk({"reasoning_content": word if index == 0 else " " + word})
-
-        for index, word in enumerate(reply.content_words):
-            if faults.disconnect_after is not None and index >= faults.disconnect_after:
-                break
-            if delay_s:
-                await asyncio.sleep(delay_s)
-            yield chunk({"content": word if index == 0 else " " + word})
-
-        if faults.disconnect_after is not None:
-            raise _MockDisconnect("mock fault disconnect_after: dropping the connection")
-
-        yield chunk({}, reply.finish_reason)
-        if report_usage:
-            usage_event = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "service_tier": "default",
-                "system_fingerprint": MOCK_SYSTEM_FINGERPRINT,
-                "choices": [],
-                "usage": usage_to_openai(reply.usage, zero_cost=faults.zero_cost_usage),
-            }
-            yield b"data: " + _encode(usage_event) + b"\n\n"
-        yield b"data: [DONE]\n\n"
-        completed = True
-    finally:
-        if completed:
-            state.streams_completed += 1
-        else:
-            state.streams_aborted += 1
+def _sse_data(value: Any) -> bytes:
+    return b"data: " + _encode(value) + b"\n\n"
 
 
 def _encode(value: Any) -> bytes:
@@ -635,7 +1432,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(
         prog="python -m providers.mock_upstream",
-        description="Run the mock OpenAI-compatible upstream.",
+        description="Run the mock upstream (OpenAI, Anthropic and Gemini protocols).",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
@@ -647,7 +1444,7 @@ def main(argv: list[str] | None = None) -> None:
         "--api-key",
         default=MOCK_API_KEY,
         help=(
-            "bearer credential that clients must send, or an empty string to accept any "
+            "credential that clients must send, or an empty string to accept any "
             "(default: the MOCK_API_KEY constant)"
         ),
     )
@@ -664,7 +1461,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=args.log_level.upper())
     app = create_mock_app(args.api_key or None, timeout_fault_s=args.timeout_fault_s)
-    logger.info("Starting the mock upstream on http://%s:%s/v1", args.host, args.port)
+    logger.info("Starting the mock upstream on http://%s:%s", args.host, args.port)
     # uvicorn logs its own shutdown lines, and on SIGTERM it ends the process after them.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 

@@ -218,23 +218,67 @@ def _parse_usage(profile: VendorProfile, reported: Any, upstream: str) -> Usage 
 # Request tweaks.
 
 
-def _unchanged(body: Mapping[str, Any], streaming: bool) -> dict[str, Any]:
-    return dict(body)
+def _strip_cache_control(body: dict[str, Any]) -> None:
+    """Remove Anthropic-style `cache_control` marks from message parts and tools, in place.
+
+    Clients of the Anthropic ingress bring them. Only DashScope documents them for its
+    OpenAI-compatible mode; other vendors may reject the unknown field, so it goes.
+    """
+    messages = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, list):
+            message = {
+                **message,
+                "content": [
+                    {key: value for key, value in part.items() if key != "cache_control"}
+                    if isinstance(part, Mapping)
+                    else part
+                    for part in content
+                ],
+            }
+        messages.append(message)
+    if "messages" in body:
+        body["messages"] = messages
+    if isinstance(body.get("tools"), list):
+        body["tools"] = [
+            {key: value for key, value in tool.items() if key != "cache_control"}
+            if isinstance(tool, Mapping)
+            else tool
+            for tool in body["tools"]
+        ]
 
 
-def _max_tokens_only(body: Mapping[str, Any], streaming: bool) -> dict[str, Any]:
-    """Send `max_completion_tokens` as `max_tokens`, the only name the vendor documents."""
+def _openai_request(body: Mapping[str, Any], streaming: bool) -> dict[str, Any]:
     prepared = dict(body)
-    max_completion_tokens = prepared.pop("max_completion_tokens", None)
-    if max_completion_tokens is not None and prepared.get("max_tokens") is None:
-        prepared["max_tokens"] = max_completion_tokens
+    _strip_cache_control(prepared)
+    return prepared
+
+
+def _use_max_tokens(body: dict[str, Any]) -> None:
+    """Send `max_completion_tokens` as `max_tokens`, the only name the vendor documents."""
+    max_completion_tokens = body.pop("max_completion_tokens", None)
+    if max_completion_tokens is not None and body.get("max_tokens") is None:
+        body["max_tokens"] = max_completion_tokens
+
+
+def _max_tokens_request(body: Mapping[str, Any], streaming: bool) -> dict[str, Any]:
+    prepared = _openai_request(body, streaming)
+    _use_max_tokens(prepared)
+    return prepared
+
+
+def _qwen_request(body: Mapping[str, Any], streaming: bool) -> dict[str, Any]:
+    # DashScope's explicit context cache reads cache_control marks, so they stay.
+    prepared = dict(body)
+    _use_max_tokens(prepared)
     return prepared
 
 
 def _minimax_request(body: Mapping[str, Any], streaming: bool) -> dict[str, Any]:
     # reasoning_split moves the reasoning out of `<think>` tags in the content into
     # reasoning_details. A buyer who sets it false gets the tags in the content unchanged.
-    prepared = dict(body)
+    prepared = _openai_request(body, streaming)
     prepared.setdefault("reasoning_split", True)
     return prepared
 
@@ -361,13 +405,13 @@ def _minimax_normalizer() -> ChoiceNormalizer:
 
 
 PROFILES: dict[str, VendorProfile] = {
-    "openai": VendorProfile("openai", _unchanged, _openai_usage),
-    "deepseek": VendorProfile("deepseek", _max_tokens_only, _deepseek_usage),
-    "moonshot": VendorProfile("moonshot", _max_tokens_only, _moonshot_usage),
-    "qwen": VendorProfile("qwen", _max_tokens_only, _qwen_usage),
+    "openai": VendorProfile("openai", _openai_request, _openai_usage),
+    "deepseek": VendorProfile("deepseek", _max_tokens_request, _deepseek_usage),
+    "moonshot": VendorProfile("moonshot", _max_tokens_request, _moonshot_usage),
+    "qwen": VendorProfile("qwen", _qwen_request, _qwen_usage),
     "glm": VendorProfile(
         "glm",
-        _max_tokens_only,
+        _max_tokens_request,
         usage_from_openai,
         check_response=_check_glm,
         new_normalizer=_glm_normalizer,

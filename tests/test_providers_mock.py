@@ -335,7 +335,9 @@ def test_unknown_fault_header_rejected(fresh_mock_upstream) -> None:
             {"model": "mock-1", "messages": [{"role": "user"}], "max_completion_tokens": 1.5},
             "max_completion_tokens",
         ),
-        ({"model": "mock-1", "messages": [{"role": "user"}], "n": 2}, "n"),
+        ({"model": "mock-1", "messages": [{"role": "user"}], "n": 0}, "n"),
+        ({"model": "mock-1", "messages": [{"role": "user"}], "n": 9}, "n"),
+        ({"model": "mock-1", "messages": [{"role": "user"}], "tools": {"a": 1}}, "tools"),
     ],
 )
 def test_invalid_request_rejected(fresh_mock_upstream, body, param) -> None:

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from marketplace.api import routes_accounts, routes_deposits, routes_market, routes_proxy
+from marketplace.api import routes_accounts, routes_audit, routes_deposits, routes_market, routes_proxy
 from marketplace.api.deps import ApiKeyCache
 from marketplace.db import Database
 from marketplace.errors import ApiError, RateLimited
@@ -74,6 +74,6 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     def health() -> dict:
         return {"status": "ok"}
 
-    for module in (routes_accounts, routes_market, routes_deposits, routes_proxy):
+    for module in (routes_accounts, routes_market, routes_deposits, routes_proxy, routes_audit):
         app.include_router(module.router)
     return app

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import anyio
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import func, select
 
-from marketplace import listings
+from marketplace import ledger, listings
 from marketplace.api.deps import get_db, get_settings, require_session
-from marketplace.api.schemas import ListingBody, SupplierBody
+from marketplace.api.schemas import ListingBody, ListingUpdateBody, SupplierBody
 from marketplace.db import Database
-from marketplace.models import Listing
+from marketplace.models import Generation, Listing
 from marketplace.settings import Settings
+
+# Calls that produced output the supplier is paid for.
+SERVED_STATUSES = ("completed", "incomplete", "client_disconnected")
 
 router = APIRouter(prefix="/v1")
 
@@ -38,7 +43,7 @@ def create_listing(
 def list_own_listings(account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
     with db.session() as session:
         supplier = listings.supplier_for_account(session, account_id)
-        rows = session.query(Listing).filter_by(supplier_id=supplier.id).order_by(Listing.id)
+        rows = session.query(Listing).filter(Listing.supplier_id == supplier.id, Listing.status != "deleted").order_by(Listing.id)
         return {"data": [listings.offer_view(listing) for listing in rows]}
 
 
@@ -73,3 +78,75 @@ def list_models(db: Database = Depends(get_db)) -> dict:
             }
         )
     return {"object": "list", "data": data}
+
+
+@router.patch("/supplier/listings/{listing_id}")
+def update_listing(
+    listing_id: int,
+    body: ListingUpdateBody,
+    account_id: int = Depends(require_session),
+    db: Database = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> dict:
+    with db.transaction() as session:
+        supplier = listings.supplier_for_account(session, account_id)
+        listing = listings.update_listing(session, settings, supplier, listing_id, body.model_dump(exclude_unset=True))
+        return listings.offer_view(listing)
+
+
+@router.delete("/supplier/listings/{listing_id}")
+def delete_listing(listing_id: int, account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
+    with db.transaction() as session:
+        supplier = listings.supplier_for_account(session, account_id)
+        return listings.offer_view(listings.delete_listing(session, supplier, listing_id))
+
+
+@router.get("/supplier/listings/{listing_id}")
+async def read_listing(listing_id: int, request: Request, account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
+    """One listing with its health: recent calls and errors, and why it is paused if it is."""
+
+    def load():
+        with db.session() as session:
+            supplier = listings.supplier_for_account(session, account_id)
+            return listings.own_listing(session, supplier, listing_id)
+
+    listing = await anyio.to_thread.run_sync(load)
+    health = await request.app.state.proxy.health.snapshot(listing.id)
+    return {
+        **listings.offer_view(listing),
+        "health": {**health, "paused_reason": listing.paused_reason, "paused_at": listing.paused_at.isoformat() if listing.paused_at else None},
+    }
+
+
+@router.get("/supplier/earnings")
+def read_earnings(account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
+    """Accrued payable (earnings not yet paid out) and calls served, in total and per listing."""
+    with db.transaction() as session:
+        supplier = listings.supplier_for_account(session, account_id)
+        payable = ledger.get_or_create_account(session, ledger.supplier_account_name(supplier.id), "supplier_payable")
+        balance = ledger.read_balance(session, payable.id)
+        rows = session.execute(
+            select(
+                Generation.listing_id,
+                func.count(),
+                func.coalesce(func.sum(Generation.prompt_tokens), 0),
+                func.coalesce(func.sum(Generation.completion_tokens), 0),
+                func.coalesce(func.sum(Generation.cost_nano_usd), 0),
+            )
+            .join(Listing, Listing.id == Generation.listing_id)
+            .where(Listing.supplier_id == supplier.id, Generation.status.in_(SERVED_STATUSES))
+            .group_by(Generation.listing_id)
+            .order_by(Generation.listing_id)
+        )
+        per_listing = [
+            {"listing_id": row[0], "calls": int(row[1]), "prompt_tokens": int(row[2]), "completion_tokens": int(row[3]), "buyer_cost_nano_usd": int(row[4])}
+            for row in rows
+        ]
+    return {
+        "supplier_id": supplier.id,
+        "payable_nano_usd": balance.posted_nano_usd,
+        "earned_nano_usd": int(payable.credits_posted_nano_usd),
+        "paid_out_nano_usd": int(payable.debits_posted_nano_usd),
+        "calls_served": sum(item["calls"] for item in per_listing),
+        "listings": per_listing,
+    }

@@ -43,3 +43,27 @@ class ListingBody(StrictBody):
     offer_cached_input_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
     offer_cache_write_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
     max_output_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    region: str | None = Field(default=None, max_length=40)
+
+
+class ListingUpdateBody(StrictBody):
+    """Fields to change on a listing; omitted fields stay as they are."""
+
+    upstream_base_url: str | None = Field(default=None, pattern=r"^https?://", max_length=500)
+    upstream_credential: str | None = Field(default=None, min_length=1, max_length=1_000)
+    upstream_model: str | None = Field(default=None, max_length=200)
+    list_input_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
+    list_output_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
+    offer_input_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
+    offer_output_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
+    offer_cached_input_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
+    offer_cache_write_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    region: str | None = Field(default=None, max_length=40)
+    status: str | None = None

@@ -31,6 +31,8 @@ class SettlementSettings(BaseSettings):
     # Addresses that hold reserves besides each chain's treasury, such as TopUpVault
     # deployments, by chain id: {"8453": ["0x…"]}.
     vault_addresses: dict[int, list[str]] = Field(default_factory=dict)
+    # How often Celery beat asks whether a period is due; closing one takes a single run.
+    check_interval_s: float = Field(default=60.0, gt=0)
     # Bound on the rows the closer reads or writes per database round trip.
     batch_size: int = Field(default=1_000, gt=0)
 

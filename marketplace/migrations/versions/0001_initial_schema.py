@@ -38,6 +38,34 @@ def upgrade() -> None:
     sa.Column('safe_block', sa.BigInteger(), nullable=True),
     sa.PrimaryKeyConstraint('chain_id')
     )
+    op.create_table('settlement_periods',
+    sa.Column('period_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('chain_id', sa.BigInteger(), nullable=False),
+    sa.Column('registry_address', sa.String(length=42), nullable=False),
+    sa.Column('from_timestamp', sa.BigInteger(), nullable=False),
+    sa.Column('to_timestamp', sa.BigInteger(), nullable=False),
+    sa.Column('previous_ledger_root', sa.String(length=66), nullable=False),
+    sa.Column('ledger_root', sa.String(length=66), nullable=False),
+    sa.Column('balances_root', sa.String(length=66), nullable=False),
+    sa.Column('records_root', sa.String(length=66), nullable=False),
+    sa.Column('total_liabilities_nano_usd', sa.BigInteger(), nullable=False),
+    sa.Column('total_buyer_liabilities_nano_usd', sa.BigInteger(), nullable=False),
+    sa.Column('total_supplier_liabilities_nano_usd', sa.BigInteger(), nullable=False),
+    sa.Column('total_usage_nano_usd', sa.BigInteger(), nullable=False),
+    sa.Column('total_deposits_nano_usd', sa.BigInteger(), nullable=False),
+    sa.Column('total_payouts_nano_usd', sa.BigInteger(), nullable=False),
+    sa.Column('record_count', sa.BigInteger(), nullable=False),
+    sa.Column('balance_count', sa.BigInteger(), nullable=False),
+    sa.Column('reserve_sources', sa.JSON(), nullable=False),
+    sa.Column('status', sa.String(length=10), nullable=False),
+    sa.Column('commit_tx_hash', sa.String(length=66), nullable=True),
+    sa.Column('commit_block_number', sa.BigInteger(), nullable=True),
+    sa.Column('export_sha256', sa.String(length=64), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('committed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('period_id'),
+    sa.UniqueConstraint('to_timestamp')
+    )
     op.create_table('signer_nonces',
     sa.Column('chain_id', sa.BigInteger(), nullable=False),
     sa.Column('address', sa.String(length=42), nullable=False),
@@ -127,6 +155,31 @@ def upgrade() -> None:
     with op.batch_alter_table('session_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_session_tokens_account_id'), ['account_id'], unique=False)
 
+    op.create_table('settlement_leaves',
+    sa.Column('period_id', sa.BigInteger(), nullable=False),
+    sa.Column('tree', sa.String(length=10), nullable=False),
+    sa.Column('leaf_index', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('kind', sa.String(length=20), nullable=False),
+    sa.Column('record_key', sa.String(length=200), nullable=False),
+    sa.Column('owner_account_id', sa.Integer(), nullable=True),
+    sa.Column('fields', sa.JSON(), nullable=False),
+    sa.Column('leaf_hash', sa.String(length=66), nullable=False),
+    sa.ForeignKeyConstraint(['period_id'], ['settlement_periods.period_id'], ),
+    sa.PrimaryKeyConstraint('period_id', 'tree', 'leaf_index')
+    )
+    with op.batch_alter_table('settlement_leaves', schema=None) as batch_op:
+        batch_op.create_index('ix_settlement_leaves_owner', ['period_id', 'owner_account_id', 'tree', 'leaf_index'], unique=False)
+
+    op.create_table('settlement_tree_chunks',
+    sa.Column('period_id', sa.BigInteger(), nullable=False),
+    sa.Column('tree', sa.String(length=10), nullable=False),
+    sa.Column('level', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('chunk_index', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('hashes', sa.LargeBinary(), nullable=False),
+    sa.Column('sums', sa.LargeBinary(), nullable=True),
+    sa.ForeignKeyConstraint(['period_id'], ['settlement_periods.period_id'], ),
+    sa.PrimaryKeyConstraint('period_id', 'tree', 'level', 'chunk_index')
+    )
     op.create_table('suppliers',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('account_id', sa.Integer(), nullable=False),
@@ -329,6 +382,11 @@ def downgrade() -> None:
 
     op.drop_table('wallets')
     op.drop_table('suppliers')
+    op.drop_table('settlement_tree_chunks')
+    with op.batch_alter_table('settlement_leaves', schema=None) as batch_op:
+        batch_op.drop_index('ix_settlement_leaves_owner')
+
+    op.drop_table('settlement_leaves')
     with op.batch_alter_table('session_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_session_tokens_account_id'))
 
@@ -347,6 +405,7 @@ def downgrade() -> None:
 
     op.drop_table('api_keys')
     op.drop_table('signer_nonces')
+    op.drop_table('settlement_periods')
     op.drop_table('chain_cursors')
     op.drop_table('auth_nonces')
     op.drop_table('accounts')
