@@ -25,6 +25,7 @@ def create_celery() -> Celery:
         "expire-holds": {"task": "tokenport.expire_holds", "schedule": settings.hold_sweep_interval_s},
         "watch-deposits": {"task": "tokenport.watch_deposits", "schedule": min((c.poll_interval_s for c in settings.chains), default=5.0)},
         "reconcile": {"task": "tokenport.reconcile", "schedule": 3600.0},
+        "pay-suppliers": {"task": "tokenport.pay_suppliers", "schedule": settings.payout_interval_s},
         "close-settlement-period": {"task": "tokenport.close_settlement_period", "schedule": get_settlement_settings().check_interval_s},
         "probe-paused-listings": {"task": "tokenport.probe_paused_listings", "schedule": settings.listing_probe_interval_s},
     }

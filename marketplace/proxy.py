@@ -28,10 +28,10 @@ from marketplace.ratelimit import RateLimiter, Reservation
 from marketplace.settings import Settings
 from marketplace.health import HealthTracker
 from marketplace.routing import order_candidates, parse_preferences
-from providers.registry import get_adapter
+from providers.registry import Adapter, get_adapter
 from providers.errors import UpstreamError
 from providers.tokens import count_prompt_tokens, count_text_tokens
-from providers.usage import InvalidUsageError, Usage, usage_from_openai
+from providers.usage import InvalidUsageError, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -452,7 +452,7 @@ class MeteringProxy:
             try:
                 async for chunk in chunks():
                     if chunk.get("usage"):
-                        reported = self._reported_usage(chunk["usage"], call.generation_id)
+                        reported = self._reported_usage(get_adapter(listing.upstream_protocol), chunk, call.generation_id)
                     choices = chunk.get("choices") or []
                     if not choices:
                         continue
@@ -492,11 +492,10 @@ class MeteringProxy:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()  # type: ignore[attr-defined]
 
-    def _reported_usage(self, raw: Any, generation_id: str) -> Usage | None:
-        if not isinstance(raw, dict):
-            return None
+    def _reported_usage(self, adapter: Adapter, chunk: dict[str, Any], generation_id: str) -> Usage | None:
+        """The usage in an adapter's chunk, read the adapter's way so cache writes are kept."""
         try:
-            return usage_from_openai(raw)
+            return adapter.usage_from_chunk(chunk)
         except InvalidUsageError as exc:
             logger.warning("upstream usage is invalid; counting locally", extra={"generation_id": generation_id, "error": str(exc)})
             return None

@@ -1,4 +1,4 @@
-"""Celery tasks: the hold sweep, the deposit watcher and reconciliation."""
+"""Celery tasks: the hold sweep, the deposit watcher, supplier payouts and reconciliation."""
 
 from __future__ import annotations
 
@@ -30,16 +30,53 @@ def expire_holds_task() -> int:
     return expired
 
 
+# One watcher per chain and worker process, so each keeps the eth_getLogs window size that its
+# provider accepted. The cursor itself lives in the database.
+_deposit_watchers: dict[int, object] = {}
+
+
 @celery_app.task(name="tokenport.watch_deposits")
 def watch_deposits_task() -> list[dict]:
+    """Poll every chain once. A failing chain is logged and skipped, so it never stops the others."""
+    from dataclasses import asdict
+
     from chain.watcher import DepositWatcher
 
     db = get_database(get_settings().database_url)
     results = []
     for chain, w3 in _chain_connections():
-        result = DepositWatcher(db, chain, w3).poll_once()
-        results.append({"chain_id": chain.chain_id, "head_block": result.head_block, "cursor_block": result.cursor_block, "credited": result.credited, "pending": result.pending})
+        watcher = _deposit_watchers.get(chain.chain_id)
+        if not isinstance(watcher, DepositWatcher) or watcher.chain != chain:
+            watcher = DepositWatcher(db, chain, w3)
+            _deposit_watchers[chain.chain_id] = watcher
+        try:
+            result = watcher.poll_once()
+        except Exception as exc:
+            logger.exception("deposit poll failed; the next run retries it: chain=%d", chain.chain_id)
+            results.append({"chain_id": chain.chain_id, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        results.append({"chain_id": chain.chain_id, **asdict(result)})
     return results
+
+
+@celery_app.task(name="tokenport.pay_suppliers")
+def pay_suppliers_task() -> dict:
+    """Advance open payouts and pay every supplier whose earnings reach the threshold, on the payout chain."""
+    from dataclasses import asdict
+
+    from chain.payouts import PayoutSender, treasury_signer
+
+    settings = get_settings()
+    connections = _chain_connections()
+    if not connections:
+        return {"skipped": "no chain is configured"}
+    chain_id = settings.payout_chain_id or connections[0][0].chain_id
+    chain, w3 = next(((chain, w3) for chain, w3 in connections if chain.chain_id == chain_id), (None, None))
+    if chain is None or w3 is None:
+        raise ValueError(f"payout chain {chain_id} is not configured; add it to TOKENPORT_CHAINS")
+
+    sender = PayoutSender(get_database(settings.database_url), settings, chain, w3, treasury_signer(settings, chain))
+    return {"chain_id": chain.chain_id, **asdict(sender.run_once())}
 
 
 @celery_app.task(name="tokenport.reconcile")

@@ -113,6 +113,8 @@ async def complete(
     )
     data = dict(result.body)
     profile.check_response(data, upstream, api_key)
+    # Zhipu leaves `object` out of its bodies and chunks.
+    data.setdefault("object", "chat.completion")
 
     normalize = profile.new_normalizer()
     for position, choice in enumerate(data.get("choices") or []):
@@ -161,6 +163,7 @@ async def stream(
     async with aclosing(chunks):
         async for chunk in chunks:
             profile.check_response(chunk, upstream, api_key)
+            chunk.setdefault("object", "chat.completion.chunk")
             reported = _pop_usage(chunk)
             if reported is not None:
                 usage = _parse_usage(profile, reported, upstream) or usage

@@ -10,7 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from marketplace.api import routes_accounts, routes_audit, routes_deposits, routes_market, routes_proxy
+from marketplace.api.routes_anthropic import anthropic_error_body
+from marketplace.api import routes_accounts, routes_anthropic, routes_audit, routes_deposits, routes_market, routes_proxy
 from marketplace.api.deps import ApiKeyCache
 from marketplace.db import Database
 from marketplace.errors import ApiError, RateLimited
@@ -21,12 +22,15 @@ from marketplace.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+ANTHROPIC_PATH = "/v1/messages"
 
-def _error_response(exc: ApiError) -> JSONResponse:
+
+def _error_response(request: Request, exc: ApiError) -> JSONResponse:
     headers = {}
     if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
         headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+    body = anthropic_error_body(exc) if request.url.path.startswith(ANTHROPIC_PATH) else exc.body()
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 def _internal_error_response(request: Request, exc: Exception) -> JSONResponse:
@@ -66,7 +70,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.api_key_cache = ApiKeyCache(settings.api_key_cache_ttl_s)
     app.state.chain_heads = {}
 
-    app.add_exception_handler(ApiError, lambda _request, exc: _error_response(exc))  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, _error_response)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, lambda _request, exc: _validation_response(exc))  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error_response)
 
@@ -74,6 +78,6 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     def health() -> dict:
         return {"status": "ok"}
 
-    for module in (routes_accounts, routes_market, routes_deposits, routes_proxy, routes_audit):
+    for module in (routes_accounts, routes_market, routes_deposits, routes_proxy, routes_anthropic, routes_audit):
         app.include_router(module.router)
     return app

@@ -33,6 +33,7 @@ from marketplace.settlement.encoding import (
     uint_from_json,
 )
 from marketplace.settlement.leaves import LEAF_KINDS, Leaf, leaf_from_json
+from marketplace.settlement.tree import MerkleSumTree, MerkleTree
 
 EXPORT_FORMAT = "tokenport-settlement-export"
 EXPORT_VERSION = 1
@@ -379,3 +380,73 @@ def parse_header_line(text: str) -> ExportHeader:
         return ExportHeader.from_json(data)
     except EncodingError as exc:
         raise ExportFormatError(1, str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class BuiltExport:
+    """A header built from leaves, with each group's leaves paired with their hashes."""
+
+    header: ExportHeader
+    opening: list[tuple[Leaf, bytes]]
+    balances: list[tuple[Leaf, bytes]]
+    records: list[tuple[Leaf, bytes]]
+
+    def lines(self) -> Iterator[str]:
+        return export_lines(self.header, self.opening, self.balances, self.records)
+
+
+def build_export(
+    *,
+    chain_id: int,
+    registry_address: str,
+    period_id: int,
+    from_timestamp: int,
+    to_timestamp: int,
+    previous_ledger_root: bytes,
+    opening: list[Leaf],
+    balances: list[Leaf],
+    records: list[Leaf],
+    reserve_sources: tuple[ReserveSource, ...],
+) -> BuiltExport:
+    """Build the trees and header of an export from leaves already in canonical order.
+
+    The database closer stores its trees for proofs instead; this builds exports from leaves
+    alone, for tools, tests and benchmarks.
+    """
+    def hashed(leaves: list[Leaf]) -> list[tuple[Leaf, bytes]]:
+        return [(leaf, leaf.hash()) for leaf in leaves]
+
+    opening_pairs, balance_pairs, record_pairs = hashed(opening), hashed(balances), hashed(records)
+    balance_tree = MerkleSumTree([(digest, leaf.sum_nano_usd) for leaf, digest in balance_pairs])
+    record_tree = MerkleTree([digest for _, digest in record_pairs])
+    totals = {"usage": 0, "deposit": 0, "payout": 0}
+    for leaf in records:
+        if leaf.kind.name == "usage":
+            totals["usage"] += leaf.values["cost_nano_usd"]
+        elif leaf.kind.name in ("deposit", "payout"):
+            totals[leaf.kind.name] += leaf.values["amount_nano_usd"]
+
+    fields = {
+        "chain_id": chain_id,
+        "registry_address": registry_address,
+        "period_id": period_id,
+        "from_timestamp": from_timestamp,
+        "to_timestamp": to_timestamp,
+        "previous_ledger_root": previous_ledger_root,
+        "balances_root": balance_tree.root,
+        "records_root": record_tree.root,
+        "total_liabilities_nano_usd": balance_tree.total,
+        "total_usage_nano_usd": totals["usage"],
+        "total_deposits_nano_usd": totals["deposit"],
+        "total_payouts_nano_usd": totals["payout"],
+        "record_count": record_tree.leaf_count,
+    }
+    ledger_root = compute_ledger_root(reserve_sources=reserve_sources, **fields)
+    header = ExportHeader(
+        **fields,
+        ledger_root=ledger_root,
+        balance_count=balance_tree.leaf_count,
+        opening_balance_count=len(opening),
+        reserve_sources=tuple(reserve_sources),
+    )
+    return BuiltExport(header, opening_pairs, balance_pairs, record_pairs)
