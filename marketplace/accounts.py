@@ -89,7 +89,8 @@ def _verify_siwe(message: str, signature: str, settings: Settings) -> tuple[str,
     try:
         parsed = SiweMessage.from_message(message)
     except Exception as exc:  # siwe raises its own parse errors and ValueError
-        raise InvalidRequest(f"message is not a valid EIP-4361 message: {exc}", param="message") from exc
+        reason = str(exc) or "it does not follow the EIP-4361 message format"
+        raise InvalidRequest(f"message is not a valid EIP-4361 message: {reason}", param="message") from exc
 
     if parsed.domain != settings.siwe_domain:
         raise Unauthorized(

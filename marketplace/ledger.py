@@ -190,8 +190,10 @@ def transfer(
     reference: str | None = None,
 ) -> LedgerTransfer:
     """Move amount_nano_usd from debit to credit at once. Idempotent on transfer_id."""
-    assert amount_nano_usd >= 0, f"transfer {transfer_id} has negative amount {amount_nano_usd}"
-    assert debit.id != credit.id, f"transfer {transfer_id} debits and credits account {debit.name}"
+    if amount_nano_usd < 0:
+        raise LedgerError(f"transfer {transfer_id} has negative amount {amount_nano_usd}")
+    if debit.id == credit.id:
+        raise LedgerError(f"transfer {transfer_id} debits and credits the same account {debit.name}")
 
     existing = _existing_transfer(session, transfer_id)
     if existing is not None:
@@ -227,7 +229,8 @@ def place_hold(
 
     Raises InsufficientFunds, writing nothing, when a constrained account cannot cover it.
     """
-    assert amount_nano_usd >= 0, f"hold {transfer_id} has negative amount {amount_nano_usd}"
+    if amount_nano_usd < 0:
+        raise LedgerError(f"hold {transfer_id} has negative amount {amount_nano_usd}")
 
     existing = _existing_transfer(session, transfer_id)
     if existing is not None:
@@ -255,9 +258,9 @@ def _resolve_hold(session: Session, hold_id: str, posted_nano_usd: int, code: st
     hold = session.get(LedgerTransfer, hold_id)
     if hold is None or not hold.is_pending:
         raise LedgerError(f"hold {hold_id} does not exist")
-    assert 0 <= posted_nano_usd <= hold.amount_nano_usd, (
-        f"post of {posted_nano_usd} nano-USD exceeds hold {hold_id} of {hold.amount_nano_usd}"
-    )
+    # A real check, not an assert: it must hold under `python -O` too.
+    if not 0 <= posted_nano_usd <= hold.amount_nano_usd:
+        raise LedgerError(f"post of {posted_nano_usd} nano-USD is outside hold {hold_id} of {hold.amount_nano_usd} nano-USD")
 
     resolution_id = f"{hold_id}:{code}"
     already = session.scalar(select(LedgerTransfer).where(LedgerTransfer.pending_id == hold_id))

@@ -28,8 +28,8 @@ BUYERS_PER_EXAMPLE = 3
 CHAIN_ASSET = ledger.chain_asset_account_name(31337, "0x" + "11" * 20)
 # Hold expiry times are fixed, far from the wall clock, and spread over two hours after this.
 BASE_TIME = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
-MAX_EXAMPLES = 100
-STEPS_PER_EXAMPLE = 25
+MAX_EXAMPLES = 120
+STEPS_PER_EXAMPLE = 30
 MIN_TOTAL_STEPS = 2_000
 
 AMOUNTS = st.integers(min_value=0, max_value=2_000_000)
