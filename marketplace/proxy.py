@@ -133,17 +133,26 @@ def should_fall_back(exc: UpstreamError) -> bool:
     """Whether another listing may succeed where this one failed.
 
     A 400 or 422 from the upstream rejects the buyer's request itself, so it is returned as is.
-    A 401, 403 or 404 means the supplier's credential or model name is broken.
+    A 401, 403 or 404 means the supplier's credential or model name is broken. A client error
+    without a status is a request this listing's adapter cannot translate, which a listing of
+    another protocol may still serve.
     """
     if exc.kind == "client_error":
-        return exc.status_code in (401, 403, 404)
+        return exc.status_code in (None, 401, 403, 404)
     return True
+
+
+def counts_against_listing(exc: UpstreamError) -> bool:
+    """Whether a failure says something about the listing's health."""
+    return should_fall_back(exc) and not (exc.kind == "client_error" and exc.status_code is None)
 
 
 def _upstream_error(exc: UpstreamError) -> Exception:
     message = f"upstream failed: {exc.message}"
     if exc.kind == "client_error" and exc.status_code in (400, 422):
         return InvalidRequest(f"upstream rejected the request: {exc.message}", code="upstream_invalid_request")
+    if exc.kind == "client_error" and exc.status_code is None:
+        return InvalidRequest(f"no listing of this model can take the request: {exc.message}", code="unsupported_by_upstream")
     if exc.kind == "rate_limited":
         return RateLimited(f"upstream rate limit reached: {exc.message}", retry_after_s=exc.retry_after_s, code="upstream_rate_limited")
     if exc.kind in ("timeout", "connection"):
@@ -299,7 +308,7 @@ class MeteringProxy:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: metering.fail_call(self.db, call, error=f"{exc.kind}: {exc.message}"))
             await self._correct_token_reservations(opened.token_reservations, None)
-            if should_fall_back(exc):
+            if counts_against_listing(exc):
                 await self.health.record(opened.listing.id, ok=False, detail=f"{exc.kind} {exc.status_code or ''}".strip())
 
     async def _settle(self, opened: OpenCall, usage: Usage, status: str, error: str | None = None) -> metering.SettledCall:

@@ -14,7 +14,7 @@ Python SDK 2.17.
 
 A request that cannot be expressed in the Messages API (`n` > 1, a missing `max_tokens`, an
 unknown part type) raises UpstreamError of kind "client_error" with `status_code` None before
-anything is sent. The proxy can answer 400 for it, or fall over to a listing of another
+anything is sent. The proxy can respond 400 to it, or fall over to a listing of another
 protocol.
 """
 
@@ -61,7 +61,12 @@ FINISH_REASONS: dict[str, str] = {
 
 # Chat Completions `reasoning_effort` as an extended-thinking budget. Anthropic's minimum budget
 # is 1,024 tokens and the budget must stay below max_tokens, so a smaller max_tokens disables it.
-THINKING_BUDGET_TOKENS: dict[str, int] = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
+THINKING_BUDGET_TOKENS: dict[str, int] = {
+    "minimal": 1024,
+    "low": 1024,
+    "medium": 4096,
+    "high": 16384,
+}
 
 # Error types of Anthropic's error objects and the kind each one is classified as.
 _ERROR_KINDS: dict[str, UpstreamErrorKind] = {
@@ -110,9 +115,10 @@ async def complete(
         client, url, request_body, _request_headers(api_key, streaming=False), timeout_s, api_key
     )
     if not isinstance(data, dict) or data.get("type") != "message":
-        detail = error_detail(data, api_key) if isinstance(data, dict) and "error" in data else (
-            redact(json.dumps(data), api_key)
-        )
+        if isinstance(data, dict) and "error" in data:
+            detail = error_detail(data, api_key)
+        else:
+            detail = redact(json.dumps(data), api_key)
         raise UpstreamError(
             "bad_response",
             f"upstream {upstream} returned HTTP {status_code} without a message: {detail}",
@@ -144,9 +150,9 @@ async def stream(
     any. `timeout_s` bounds connecting and each wait for data.
 
     Raises UpstreamError on the first iteration for an untranslatable request or a non-2xx
-    status, and at any point for a timeout, a dropped connection, an `error` event (classified
-    by its error type), data that is not a JSON object, and a stream that ends before
-    `message_stop` (kind "connection").
+    status. Later it raises for a timeout, a dropped connection, data that is not a JSON object,
+    and an `error` event, classified by its error type. A stream that ends before
+    `message_stop` raises kind "connection".
     """
     request_body = {**to_messages_request(body), "stream": True}
     url = messages_url(base_url)
@@ -194,15 +200,18 @@ def to_messages_request(body: Mapping[str, Any]) -> dict[str, Any]:
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens is None:
         raise _unsupported(
-            "max_tokens is required by Anthropic upstreams; set max_tokens or "
-            "max_completion_tokens"
+            "max_tokens is required by Anthropic upstreams; set max_tokens or max_completion_tokens"
         )
     messages = body.get("messages")
     if not isinstance(messages, Sequence) or isinstance(messages, str):
         raise _unsupported("messages must be a list of messages")
 
     system, turns = _translate_messages(messages)
-    request: dict[str, Any] = {"model": body.get("model"), "max_tokens": max_tokens, "messages": turns}
+    request: dict[str, Any] = {
+        "model": body.get("model"),
+        "max_tokens": max_tokens,
+        "messages": turns,
+    }
     if system:
         request["system"] = system
 
@@ -220,7 +229,9 @@ def to_messages_request(body: Mapping[str, Any]) -> dict[str, Any]:
     tools = body.get("tools")
     if tools:
         request["tools"] = _translate_tools(tools)
-        tool_choice = _translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        tool_choice = _translate_tool_choice(
+            body.get("tool_choice"), body.get("parallel_tool_calls")
+        )
         if tool_choice is not None:
             request["tool_choice"] = tool_choice
 
@@ -290,7 +301,7 @@ def _text_blocks(content: Any, path: str) -> list[dict[str, Any]]:
 
 def _text_block(part: Mapping[str, Any]) -> dict[str, Any] | None:
     text = part.get("text")
-    # Anthropic rejects empty text blocks, and an empty part says nothing.
+    # Anthropic rejects empty text blocks, and an empty part carries no content.
     if not isinstance(text, str) or not text:
         return None
     return _with_cache_control({"type": "text", "text": text}, part)
@@ -363,7 +374,9 @@ def _assistant_blocks(message: Mapping[str, Any], path: str) -> list[dict[str, A
     if isinstance(content, list):
         # Assistant messages may carry refusal parts, which Anthropic has no block for.
         content = [
-            part for part in content if not (isinstance(part, Mapping) and part.get("type") == "refusal")
+            part
+            for part in content
+            if not (isinstance(part, Mapping) and part.get("type") == "refusal")
         ]
     blocks = _text_blocks(content, f"{path}.content")
 
@@ -390,7 +403,12 @@ def _tool_use_block(call: Any, path: str) -> dict[str, Any]:
         raise _unsupported(f"{path}.function.arguments is not valid JSON: {exc}") from exc
     if not isinstance(tool_input, Mapping):
         raise _unsupported(f"{path}.function.arguments must be a JSON object")
-    return {"type": "tool_use", "id": call["id"], "name": function["name"], "input": dict(tool_input)}
+    return {
+        "type": "tool_use",
+        "id": call["id"],
+        "name": function["name"],
+        "input": dict(tool_input),
+    }
 
 
 def _tool_result_block(message: Mapping[str, Any], path: str) -> dict[str, Any]:

@@ -1,14 +1,14 @@
 """Translation for clients that speak Anthropic's Messages API to the proxy.
 
 The proxy works in Chat Completions, so a Messages request is translated on the way in
-(`messages_request_to_openai`) and the answer on the way out (`openai_response_to_messages`
+(`messages_request_to_openai`) and the response on the way out (`openai_response_to_messages`
 for a whole response, `openai_chunks_to_message_events` for a stream). The functions are pure:
 they do no I/O and hold no state between calls.
 
 The output follows the shapes that the `anthropic` Python SDK 2.17 parses: `Message` for a
-response, and for a stream the event order message_start, then per content block
-content_block_start, content_block_delta (text_delta, thinking_delta or input_json_delta) and
-content_block_stop, then message_delta with the stop reason and usage, then message_stop.
+response, and an event order for a stream. That order is message_start, then for each content
+block content_block_start, content_block_delta (text_delta, thinking_delta or input_json_delta)
+and content_block_stop, then message_delta with the stop reason and usage, then message_stop.
 Anthropic's `input_tokens` leaves out cache reads and writes, which are reported as
 `cache_read_input_tokens` and `cache_creation_input_tokens`.
 """
@@ -58,10 +58,10 @@ class InvalidMessagesRequest(ValueError):
 def messages_request_to_openai(body: Any) -> dict[str, Any]:
     """Validate a Messages request body and translate it into a Chat Completions body.
 
-    `system` becomes a leading system message, tool_result blocks become tool messages placed
-    before the rest of their user turn, tool_use blocks become `tool_calls` with JSON-string
-    arguments, images become `image_url` parts (data URLs for base64 sources) and PDF documents
-    become `file` parts. Thinking blocks of earlier turns are dropped. `thinking` becomes
+    `system` becomes a leading system message. tool_result blocks become tool messages placed
+    before the rest of their user turn, and tool_use blocks `tool_calls` with JSON-string
+    arguments. Images become `image_url` parts (data URLs for base64 sources), and PDF documents
+    `file` parts. Thinking blocks of earlier turns are dropped. `thinking` becomes
     `reasoning_effort`, `stop_sequences` `stop`, `tool_choice` any `required`, and
     `metadata.user_id` `user`. `cache_control` marks are kept on parts and tools, for upstreams
     that honour them. `top_k` has no Chat Completions equivalent and is dropped.
@@ -76,7 +76,9 @@ def messages_request_to_openai(body: Any) -> dict[str, Any]:
         raise InvalidMessagesRequest("model", "model is missing or not a non-empty string.")
     max_tokens = body.get("max_tokens")
     if not _is_int(max_tokens) or max_tokens < 1:
-        raise InvalidMessagesRequest("max_tokens", f"max_tokens must be an integer >= 1, got {max_tokens!r}.")
+        raise InvalidMessagesRequest(
+            "max_tokens", f"max_tokens must be an integer >= 1, got {max_tokens!r}."
+        )
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidMessagesRequest("messages", "messages must be a non-empty list.")
@@ -126,7 +128,9 @@ def _copy_sampling(body: Mapping[str, Any], request: dict[str, Any]) -> None:
         if value is None:
             continue
         if not _is_number(value) or not 0 <= value <= 1:
-            raise InvalidMessagesRequest(name, f"{name} must be a number from 0 to 1, got {value!r}.")
+            raise InvalidMessagesRequest(
+                name, f"{name} must be a number from 0 to 1, got {value!r}."
+            )
         request[name] = value
 
     top_k = body.get("top_k")
@@ -135,8 +139,12 @@ def _copy_sampling(body: Mapping[str, Any], request: dict[str, Any]) -> None:
 
     stop_sequences = body.get("stop_sequences")
     if stop_sequences is not None:
-        if not isinstance(stop_sequences, list) or not all(isinstance(item, str) for item in stop_sequences):
-            raise InvalidMessagesRequest("stop_sequences", "stop_sequences must be a list of strings.")
+        if not isinstance(stop_sequences, list) or not all(
+            isinstance(item, str) for item in stop_sequences
+        ):
+            raise InvalidMessagesRequest(
+                "stop_sequences", "stop_sequences must be a list of strings."
+            )
         if stop_sequences:
             request["stop"] = list(stop_sequences)
 
@@ -163,13 +171,17 @@ def _translate_message(message: Any, path: str) -> list[dict[str, Any]]:
         raise InvalidMessagesRequest(path, f"{path} must be an object.")
     role = message.get("role")
     if role not in ("user", "assistant"):
-        raise InvalidMessagesRequest(f"{path}.role", f"{path}.role must be 'user' or 'assistant', got {role!r}.")
+        raise InvalidMessagesRequest(
+            f"{path}.role", f"{path}.role must be 'user' or 'assistant', got {role!r}."
+        )
 
     content = message.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise InvalidMessagesRequest(f"{path}.content", f"{path}.content must be a string or a list of blocks.")
+        raise InvalidMessagesRequest(
+            f"{path}.content", f"{path}.content must be a string or a list of blocks."
+        )
     for index, block in enumerate(content):
         if not isinstance(block, Mapping) or not isinstance(block.get("type"), str):
             raise InvalidMessagesRequest(
@@ -202,7 +214,7 @@ def _user_messages(blocks: list[Mapping[str, Any]], path: str) -> list[dict[str,
                 "image, document or tool_result.",
             )
 
-    # Tool results answer the previous assistant turn, so they come before the new user text.
+    # Tool results reply to the previous assistant turn, so they come before the new user text.
     messages = tool_messages
     if parts:
         messages.append({"role": "user", "content": parts})
@@ -234,7 +246,10 @@ def _document_part(block: Mapping[str, Any], path: str) -> dict[str, Any]:
     source = block.get("source")
     source_type = source.get("type") if isinstance(source, Mapping) else None
     if source_type == "base64":
-        file = {"filename": str(block.get("title") or "document.pdf"), "file_data": _data_url(source, f"{path}.source")}
+        file = {
+            "filename": str(block.get("title") or "document.pdf"),
+            "file_data": _data_url(source, f"{path}.source"),
+        }
         return _with_cache_control({"type": "file", "file": file}, block)
     if source_type == "text" and isinstance(source.get("data"), str):
         return _with_cache_control({"type": "text", "text": source["data"]}, block)
@@ -271,7 +286,9 @@ def _tool_message(block: Mapping[str, Any], path: str) -> dict[str, Any]:
                 )
             result.append(_text_part(item, item_path))
     else:
-        raise InvalidMessagesRequest(f"{path}.content", f"{path}.content must be a string or a list of blocks.")
+        raise InvalidMessagesRequest(
+            f"{path}.content", f"{path}.content must be a string or a list of blocks."
+        )
     return {"role": "tool", "tool_call_id": tool_use_id, "content": result}
 
 
@@ -312,7 +329,10 @@ def _tool_call(block: Mapping[str, Any], path: str) -> dict[str, Any]:
     return {
         "id": block["id"],
         "type": "function",
-        "function": {"name": block["name"], "arguments": json.dumps(tool_input, ensure_ascii=False)},
+        "function": {
+            "name": block["name"],
+            "arguments": json.dumps(tool_input, ensure_ascii=False),
+        },
     }
 
 
@@ -335,7 +355,9 @@ def _translate_tools(tools: Any) -> list[dict[str, Any]]:
             raise InvalidMessagesRequest(f"{path}.name", f"{path}.name is missing.")
         schema = tool.get("input_schema")
         if not isinstance(schema, Mapping):
-            raise InvalidMessagesRequest(f"{path}.input_schema", f"{path}.input_schema must be an object.")
+            raise InvalidMessagesRequest(
+                f"{path}.input_schema", f"{path}.input_schema must be an object."
+            )
 
         function: dict[str, Any] = {"name": tool["name"], "parameters": dict(schema)}
         if isinstance(tool.get("description"), str):
@@ -356,10 +378,13 @@ def _translate_tool_choice(tool_choice: Any) -> dict[str, Any]:
     elif choice_type == "tool":
         if not isinstance(tool_choice.get("name"), str):
             raise InvalidMessagesRequest("tool_choice.name", "tool_choice.name is missing.")
-        translated = {"tool_choice": {"type": "function", "function": {"name": tool_choice["name"]}}}
+        translated = {
+            "tool_choice": {"type": "function", "function": {"name": tool_choice["name"]}}
+        }
     else:
         raise InvalidMessagesRequest(
-            "tool_choice.type", f"tool_choice.type must be auto, any, tool or none, got {choice_type!r}."
+            "tool_choice.type",
+            f"tool_choice.type must be auto, any, tool or none, got {choice_type!r}.",
         )
 
     if tool_choice.get("disable_parallel_tool_use") is True:
@@ -378,7 +403,8 @@ def _reasoning_effort(thinking: Any) -> str | None:
     budget = thinking.get("budget_tokens")
     if not _is_int(budget) or budget < 1:
         raise InvalidMessagesRequest(
-            "thinking.budget_tokens", f"thinking.budget_tokens must be an integer >= 1, got {budget!r}."
+            "thinking.budget_tokens",
+            f"thinking.budget_tokens must be an integer >= 1, got {budget!r}.",
         )
     low_bound, medium_bound = THINKING_EFFORT_BOUNDS_TOKENS
     if budget <= low_bound:
@@ -486,7 +512,9 @@ def _tool_use_block(call: Any) -> dict[str, Any] | None:
     try:
         tool_input = json.loads(arguments) if isinstance(arguments, str) else arguments
     except json.JSONDecodeError:
-        logger.warning("Tool call %s has arguments that are not JSON; sending an empty input", call.get("id"))
+        logger.warning(
+            "Tool call %s has arguments that are not JSON; sending an empty input", call.get("id")
+        )
         tool_input = {}
     return {
         "type": "tool_use",
@@ -548,7 +576,9 @@ class _EventTranslator:
         self.finish_reason: Any = None
         self.usage: Usage | None = None
 
-    def message_start(self, model: str, message_id: str, input_tokens: int) -> tuple[str, dict[str, Any]]:
+    def message_start(
+        self, model: str, message_id: str, input_tokens: int
+    ) -> tuple[str, dict[str, Any]]:
         message = {
             "id": message_id,
             "type": "message",
@@ -572,8 +602,12 @@ class _EventTranslator:
                 continue
             delta = choice.get("delta") if isinstance(choice.get("delta"), Mapping) else {}
             if isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
-                events.extend(self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}))
-                events.append(self._delta({"type": "thinking_delta", "thinking": delta["reasoning_content"]}))
+                events.extend(
+                    self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+                )
+                events.append(
+                    self._delta({"type": "thinking_delta", "thinking": delta["reasoning_content"]})
+                )
             if isinstance(delta.get("content"), str) and delta["content"]:
                 events.extend(self._open("text", {"type": "text", "text": ""}))
                 events.append(self._delta({"type": "text_delta", "text": delta["content"]}))
@@ -639,7 +673,11 @@ class _EventTranslator:
 
     def _delta(self, delta: dict[str, Any], index: int | None = None) -> tuple[str, dict[str, Any]]:
         block_index = self.block_index if index is None else index
-        return "content_block_delta", {"type": "content_block_delta", "index": block_index, "delta": delta}
+        return "content_block_delta", {
+            "type": "content_block_delta",
+            "index": block_index,
+            "delta": delta,
+        }
 
 
 def _error_event(error: Any) -> tuple[str, dict[str, Any]]:

@@ -118,7 +118,9 @@ async def complete(
         retry_after_from_body=retry_delay_from_body,
     )
     if not isinstance(data, dict) or "error" in data:
-        detail = error_detail(data, api_key) if isinstance(data, dict) else redact(str(data), api_key)
+        detail = (
+            error_detail(data, api_key) if isinstance(data, dict) else redact(str(data), api_key)
+        )
         raise UpstreamError(
             "bad_response",
             f"upstream {upstream} returned HTTP {status_code} without a response: {detail}",
@@ -131,7 +133,9 @@ async def complete(
             usage = usage_from_metadata(data["usageMetadata"])
         except InvalidUsageError as exc:
             logger.warning("Upstream %s reported invalid usage, ignoring it: %s", upstream, exc)
-    return CompletionResult(body=chat_completion_from_response(data, usage, model=model), usage=usage)
+    return CompletionResult(
+        body=chat_completion_from_response(data, usage, model=model), usage=usage
+    )
 
 
 async def stream(
@@ -184,9 +188,9 @@ async def stream(
 def to_gemini_request(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """Translate a Chat Completions request body into a model name and a generateContent body.
 
-    System and developer messages become `systemInstruction`, assistant messages `model` turns
-    with functionCall parts, tool messages functionResponse parts (the function name is looked
-    up from the assistant tool call they answer), and images or files inlineData or fileData
+    System and developer messages become `systemInstruction`, and assistant messages `model`
+    turns with functionCall parts. Tool messages become functionResponse parts, named after the
+    assistant tool call with their tool_call_id. Images and files become inlineData or fileData
     parts. Tools become functionDeclarations with the JSON Schema passed unchanged as
     `parametersJsonSchema`. `n` becomes candidateCount.
 
@@ -233,11 +237,15 @@ def _translate_messages(
         if role in ("system", "developer"):
             system.extend(_text_parts(message.get("content"), f"{path}.content"))
         elif role == "user":
-            _append_content(contents, "user", _user_parts(message.get("content"), f"{path}.content"))
+            _append_content(
+                contents, "user", _user_parts(message.get("content"), f"{path}.content")
+            )
         elif role == "assistant":
             _append_content(contents, "model", _model_parts(message, path))
         elif role == "tool":
-            _append_content(contents, "user", [_function_response_part(message, path, function_names)])
+            _append_content(
+                contents, "user", [_function_response_part(message, path, function_names)]
+            )
         else:
             raise _unsupported(
                 f"{path}.role {role!r} is not supported by Gemini upstreams; use system, "
@@ -358,7 +366,9 @@ def _model_parts(message: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
     content = message.get("content")
     if isinstance(content, list):
         content = [
-            part for part in content if not (isinstance(part, Mapping) and part.get("type") == "refusal")
+            part
+            for part in content
+            if not (isinstance(part, Mapping) and part.get("type") == "refusal")
         ]
     parts = _text_parts(content, f"{path}.content")
 
@@ -510,7 +520,9 @@ def usage_from_metadata(metadata: Mapping[str, Any]) -> Usage:
     integer.
     """
     if not isinstance(metadata, Mapping):
-        raise InvalidUsageError(f"usageMetadata must be a JSON object, got {type(metadata).__name__}")
+        raise InvalidUsageError(
+            f"usageMetadata must be a JSON object, got {type(metadata).__name__}"
+        )
 
     prompt_tokens = _count(metadata, "promptTokenCount", required=True)
     tool_use_tokens = _count(metadata, "toolUsePromptTokenCount")
@@ -575,7 +587,12 @@ def chat_completion_from_response(
             candidate.get("finishReason"), has_tool_calls="tool_calls" in message
         )
         choices.append(
-            {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason or "stop"}
+            {
+                "index": index,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish_reason or "stop",
+            }
         )
 
     if not choices:
@@ -606,13 +623,17 @@ def _candidate_parts(candidate: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [part for part in parts or [] if isinstance(part, Mapping)]
 
 
-def _message_from_parts(parts: list[Mapping[str, Any]], response_id: str, index: int) -> dict[str, Any]:
+def _message_from_parts(
+    parts: list[Mapping[str, Any]], response_id: str, index: int
+) -> dict[str, Any]:
     texts: list[str] = []
     thoughts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     for part in parts:
         if isinstance(part.get("functionCall"), Mapping):
-            tool_calls.append(_tool_call(part, _tool_call_id(part, response_id, index, len(tool_calls))))
+            tool_calls.append(
+                _tool_call(part, _tool_call_id(part, response_id, index, len(tool_calls)))
+            )
         elif isinstance(part.get("text"), str):
             (thoughts if part.get("thought") else texts).append(part["text"])
 
@@ -630,7 +651,11 @@ def _message_from_parts(parts: list[Mapping[str, Any]], response_id: str, index:
 def _tool_call_id(part: Mapping[str, Any], response_id: str, index: int, position: int) -> str:
     call_id = part["functionCall"].get("id")
     # The Gemini API leaves functionCall.id out, so ids are made unique per response.
-    return call_id if isinstance(call_id, str) and call_id else f"call_{response_id}_{index}_{position}"
+    return (
+        call_id
+        if isinstance(call_id, str) and call_id
+        else f"call_{response_id}_{index}_{position}"
+    )
 
 
 def _tool_call(part: Mapping[str, Any], call_id: str) -> dict[str, Any]:
@@ -660,7 +685,9 @@ class GeminiStreamTranslator:
     every candidate finished and returns the usage chunk, or raises UpstreamError.
     """
 
-    def __init__(self, upstream: str, api_key: str, *, model: str, created: int | None = None) -> None:
+    def __init__(
+        self, upstream: str, api_key: str, *, model: str, created: int | None = None
+    ) -> None:
         self.upstream = upstream
         self.api_key = api_key
         self.model = model
@@ -683,7 +710,11 @@ class GeminiStreamTranslator:
             self.metadata = data["usageMetadata"]
 
         chunks: list[dict[str, Any]] = []
-        candidates = [candidate for candidate in data.get("candidates") or [] if isinstance(candidate, Mapping)]
+        candidates = [
+            candidate
+            for candidate in data.get("candidates") or []
+            if isinstance(candidate, Mapping)
+        ]
         for position, candidate in enumerate(candidates):
             chunks.extend(self._candidate_chunks(candidate, candidate.get("index", position)))
         if not candidates and _prompt_blocked(data):
@@ -706,7 +737,9 @@ class GeminiStreamTranslator:
             usage = usage_from_metadata(self.metadata)
         except InvalidUsageError as exc:
             logger.warning(
-                "Upstream %s reported invalid usage in its stream, ignoring it: %s", self.upstream, exc
+                "Upstream %s reported invalid usage in its stream, ignoring it: %s",
+                self.upstream,
+                exc,
             )
             return []
         return [
@@ -749,7 +782,9 @@ class GeminiStreamTranslator:
         self.started.add(index)
         return [self._chunk(index, {"role": "assistant", "content": ""})]
 
-    def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    def _chunk(
+        self, index: int, delta: dict[str, Any], finish_reason: str | None = None
+    ) -> dict[str, Any]:
         return {
             "id": self.response_id,
             "object": "chat.completion.chunk",

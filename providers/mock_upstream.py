@@ -5,8 +5,8 @@ Run it with `python -m providers.mock_upstream --host 127.0.0.1 --port 9000`, or
 
 - OpenAI Chat Completions: `POST /v1/chat/completions` and `GET /v1/models`, checking
   `Authorization: Bearer <api_key>`.
-- Anthropic Messages: `POST /v1/messages`, checking `x-api-key` and requiring an
-  `anthropic-version` header.
+- Anthropic Messages: `POST /v1/messages`, checking `x-api-key` (or `Authorization: Bearer`,
+  which the anthropic SDK 2.17 sends) and requiring an `anthropic-version` header.
 - Gemini: `POST /v1beta/models/{model}:generateContent` and
   `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`, checking `x-goog-api-key` (or the
   `key` query parameter).
@@ -21,9 +21,9 @@ thinking block or thought parts. Stop sequences (`stop`, `stop_sequences` or
 the text contain one of them. The finish reason is "length" when the budget cut either part
 short, else "stop" (Anthropic: "stop_sequence" when a stop sequence ended it, else "end_turn").
 
-Tool rule. When the request defines tools, does not set the tool choice to none, and its last
-message is a user message whose text contains the word "weather" (any case), the reply is a call
-of the first tool with the arguments `MOCK_TOOL_ARGUMENTS` instead of text. The call costs
+Tool rule. A request gets a tool call in place of text when it defines tools, does not set the
+tool choice to none, and ends with a user message whose text contains the word "weather" (any
+case). The call is of the first tool, with the arguments `MOCK_TOOL_ARGUMENTS`. The call costs
 `MOCK_TOOL_CALL_TOKENS` completion tokens after any reasoning words and is never cut by the
 budget. The finish reason is "tool_calls" (Anthropic "tool_use", Gemini "STOP"). A last message
 that only carries tool results has no text, so the reply after a tool call is text again.
@@ -222,7 +222,7 @@ def _message_text(content: Any) -> str:
 
 @dataclass(frozen=True)
 class _MockRequest:
-    """What the reply rules read from a request, whatever its protocol."""
+    """The fields of a request that the reply rules read, whatever its protocol."""
 
     prompt_tokens: int
     budget: int | None = None
@@ -442,7 +442,10 @@ def expected_content(
 
 def usage_to_openai(usage: Usage, *, zero_cost: bool = False) -> dict[str, Any]:
     """Render a `Usage` as OpenAI's Chat Completions `usage` object."""
-    prompt_details: dict[str, Any] = {"cached_tokens": usage.cached_prompt_tokens, "audio_tokens": 0}
+    prompt_details: dict[str, Any] = {
+        "cached_tokens": usage.cached_prompt_tokens,
+        "audio_tokens": 0,
+    }
     if usage.cache_write_tokens:
         prompt_details["cache_write_tokens"] = usage.cache_write_tokens
     rendered: dict[str, Any] = {
@@ -552,13 +555,13 @@ _RECORDED_HEADERS = ("anthropic-version", "accept", "content-type")
 
 @dataclass(frozen=True)
 class _Protocol:
-    """How one protocol authenticates, validates, fails and answers in the mock."""
+    """The credential check, validation, error body and response of one protocol in the mock."""
 
     name: str
     check_credential: Callable[[Request, str | None], Response | None]
     validate: Callable[[Request, Any], Response | None]
     error: Callable[..., Response]
-    respond: Callable[["_Call"], Response]
+    respond: Callable[[_Call], Response]
 
 
 @dataclass(frozen=True)
@@ -581,9 +584,13 @@ def create_mock_app(
     """Create the mock upstream app. With `api_key=None` any credential is accepted."""
     state = MockState()
 
-    async def handle(request: Request, protocol: _Protocol, model: str | None, streaming: bool) -> Response:
+    async def handle(
+        request: Request, protocol: _Protocol, model: str | None, streaming: bool
+    ) -> Response:
         state.requests += 1
-        state.requests_by_protocol[protocol.name] = state.requests_by_protocol.get(protocol.name, 0) + 1
+        state.requests_by_protocol[protocol.name] = (
+            state.requests_by_protocol.get(protocol.name, 0) + 1
+        )
         denied = protocol.check_credential(request, api_key)
         if denied is not None:
             state.unauthorized += 1
@@ -622,7 +629,9 @@ def create_mock_app(
         if faults.timeout:
             await _wait_or_disconnect(request, timeout_fault_s)
         if faults.status_500:
-            return protocol.error(500, "The mock upstream failed on purpose (fault status_500).", None)
+            return protocol.error(
+                500, "The mock upstream failed on purpose (fault status_500).", None
+            )
         if faults.status_429:
             return protocol.error(
                 429,
@@ -798,11 +807,10 @@ def _validate_openai(request: Request, body: object) -> Response | None:
             return _invalid_request(f"{name} must be an integer >= 1, got {value!r}.", name)
     n = body.get("n")
     if n is not None and (not _is_positive_int(n) or n > MOCK_MAX_CHOICES):
-        return _invalid_request(f"n must be an integer from 1 to {MOCK_MAX_CHOICES}, got {n!r}.", "n")
-    tools = body.get("tools")
-    if tools is not None and not (
-        isinstance(tools, list) and all(isinstance(tool, dict) for tool in tools)
-    ):
+        return _invalid_request(
+            f"n must be an integer from 1 to {MOCK_MAX_CHOICES}, got {n!r}.", "n"
+        )
+    if body.get("tools") is not None and not _is_list_of_objects(body["tools"]):
         return _invalid_request("tools must be a list of objects.", "tools")
     return None
 
@@ -835,9 +843,7 @@ def _openai_error(
     if status_code == 400:
         return _invalid_request(message, param)
     if status_code == 429:
-        return _error_response(
-            429, message, "requests", "rate_limit_exceeded", headers=headers
-        )
+        return _error_response(429, message, "requests", "rate_limit_exceeded", headers=headers)
     return _error_response(status_code, message, "server_error", None, headers=headers)
 
 
@@ -887,7 +893,12 @@ def _openai_tool_call_id(completion_id: str, index: int) -> str:
 
 def _openai_message(call: _Call, completion_id: str, index: int) -> dict[str, Any]:
     reply = call.reply
-    message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None, "annotations": []}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": reply.content,
+        "refusal": None,
+        "annotations": [],
+    }
     if reply.tool_call is not None:
         message["content"] = None
         message["tool_calls"] = [
@@ -964,7 +975,12 @@ def _openai_stream(call: _Call, completion_id: str, include_usage: bool) -> Asyn
             for index in range(reply.choices):
                 yield chunk(index, deltas[index][position])
             if faults.stream_error:
-                error = {"error": {"message": "The mock upstream failed mid-stream (fault stream_error).", "type": "server_error"}}
+                error = {
+                    "error": {
+                        "message": "The mock upstream failed mid-stream (fault stream_error).",
+                        "type": "server_error",
+                    }
+                }
                 yield _sse_data(error)
                 return
 
@@ -996,7 +1012,10 @@ def _openai_stream(call: _Call, completion_id: str, include_usage: bool) -> Asyn
 def _check_anthropic_key(request: Request, api_key: str | None) -> Response | None:
     if api_key is None:
         return None
-    presented = request.headers.get("x-api-key", "")
+    # The anthropic Python SDK 2.17 sends its API key as `Authorization: Bearer`, older clients
+    # and the Messages API reference use `x-api-key`, so both are accepted.
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    presented = request.headers.get("x-api-key") or (bearer if scheme.lower() == "bearer" else "")
     if presented and _matches(presented, api_key):
         return None
     logger.info("Rejected %s %s: missing or wrong x-api-key", request.method, request.url.path)
@@ -1043,15 +1062,27 @@ def _validate_anthropic(request: Request, body: object) -> Response | None:
             )
     if "n" in body:
         return _anthropic_error(400, "Extra inputs are not permitted.", "n")
+    if not _is_list_of_objects(body.get("tools", [])):
+        return _anthropic_error(400, "Must be a list of tool objects.", "tools")
+    if not isinstance(body.get("tool_choice", {}), dict):
+        return _anthropic_error(400, "Must be an object.", "tool_choice")
     return None
+
+
+def _is_list_of_objects(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
 
 
 def _anthropic_respond(call: _Call) -> Response:
     message_id = f"msg_mock{call.number:010d}"
     if call.streaming:
-        return StreamingResponse(_anthropic_stream(call, message_id), media_type="text/event-stream")
+        return StreamingResponse(
+            _anthropic_stream(call, message_id), media_type="text/event-stream"
+        )
     if call.faults.malformed_sse:
-        return Response(b'{"id": "' + message_id.encode() + b'", "type": "mess', media_type="application/json")
+        return Response(
+            b'{"id": "' + message_id.encode() + b'", "type": "mess', media_type="application/json"
+        )
 
     message = _anthropic_message(call, message_id, complete=True)
     return _json_or_dropped(message, call.faults)
@@ -1073,7 +1104,11 @@ def _anthropic_message(call: _Call, message_id: str, *, complete: bool) -> dict[
     if complete:
         if call.faults.reasoning:
             content.append(
-                {"type": "thinking", "thinking": " ".join(reply.reasoning_words), "signature": MOCK_THOUGHT_SIGNATURE}
+                {
+                    "type": "thinking",
+                    "thinking": " ".join(reply.reasoning_words),
+                    "signature": MOCK_THOUGHT_SIGNATURE,
+                }
             )
         if reply.tool_call is not None:
             content.append(
@@ -1115,9 +1150,13 @@ def _anthropic_stream(call: _Call, message_id: str) -> AsyncIterator[bytes]:
     faults = call.faults
     delay_s = faults.chunk_delay_ms / 1000
 
-    def block_events(index: int, start: dict[str, Any], deltas: list[dict[str, Any]]) -> list[bytes]:
+    def block_events(
+        index: int, start: dict[str, Any], deltas: list[dict[str, Any]]
+    ) -> list[bytes]:
         return [
-            _anthropic_event({"type": "content_block_start", "index": index, "content_block": start}),
+            _anthropic_event(
+                {"type": "content_block_start", "index": index, "content_block": start}
+            ),
             *(
                 _anthropic_event({"type": "content_block_delta", "index": index, "delta": delta})
                 for delta in deltas
@@ -1137,7 +1176,9 @@ def _anthropic_stream(call: _Call, message_id: str) -> AsyncIterator[bytes]:
                 {"type": "thinking_delta", "thinking": word if position == 0 else " " + word}
                 for position, word in enumerate(reply.reasoning_words)
             ] + [{"type": "signature_delta", "signature": MOCK_THOUGHT_SIGNATURE}]
-            for event in block_events(index, {"type": "thinking", "thinking": "", "signature": ""}, deltas):
+            for event in block_events(
+                index, {"type": "thinking", "thinking": "", "signature": ""}, deltas
+            ):
                 if delay_s:
                     await asyncio.sleep(delay_s)
                 yield event
@@ -1146,9 +1187,18 @@ def _anthropic_stream(call: _Call, message_id: str) -> AsyncIterator[bytes]:
 
         if reply.tool_call is not None:
             arguments = reply.tool_arguments_json
-            start = {"type": "tool_use", "id": _anthropic_tool_use_id(message_id), "name": reply.tool_call[0], "input": {}}
+            start = {
+                "type": "tool_use",
+                "id": _anthropic_tool_use_id(message_id),
+                "name": reply.tool_call[0],
+                "input": {},
+            }
             # The Messages API opens a tool's input with an empty partial_json.
-            pieces = ["", arguments[:MOCK_TOOL_ARGUMENTS_SPLIT], arguments[MOCK_TOOL_ARGUMENTS_SPLIT:]]
+            pieces = [
+                "",
+                arguments[:MOCK_TOOL_ARGUMENTS_SPLIT],
+                arguments[MOCK_TOOL_ARGUMENTS_SPLIT:],
+            ]
             deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
         else:
             start = {"type": "text", "text": ""}
@@ -1166,7 +1216,13 @@ def _anthropic_stream(call: _Call, message_id: str) -> AsyncIterator[bytes]:
                 await asyncio.sleep(delay_s)
             yield event
             if faults.stream_error:
-                error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (mock fault stream_error)"}}
+                error = {
+                    "type": "error",
+                    "error": {
+                        "type": "overloaded_error",
+                        "message": "Overloaded (mock fault stream_error)",
+                    },
+                }
                 yield _anthropic_event(error)
                 return
         if faults.disconnect_after is not None:
@@ -1175,7 +1231,10 @@ def _anthropic_stream(call: _Call, message_id: str) -> AsyncIterator[bytes]:
 
         delta: dict[str, Any] = {
             "type": "message_delta",
-            "delta": {"stop_reason": _anthropic_stop_reason(reply), "stop_sequence": reply.stop_sequence},
+            "delta": {
+                "stop_reason": _anthropic_stop_reason(reply),
+                "stop_sequence": reply.stop_sequence,
+            },
         }
         if not faults.no_usage:
             usage: dict[str, Any] = {"output_tokens": reply.usage.completion_tokens}
@@ -1208,7 +1267,9 @@ def _check_google_key(request: Request, api_key: str | None) -> Response | None:
         return None
     logger.info("Rejected %s %s: missing or wrong API key", request.method, request.url.path)
     if not presented:
-        return _gemini_error(403, "Method doesn't allow unregistered callers. Please use an API key.", None)
+        return _gemini_error(
+            403, "Method doesn't allow unregistered callers. Please use an API key.", None
+        )
     return _gemini_error(400, f"API key not valid: {presented}. Please pass a valid API key.", None)
 
 
@@ -1224,7 +1285,10 @@ def _gemini_error(
     }
     if status_code == 429:
         error["details"] = [
-            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{MOCK_RETRY_AFTER_S}s"}
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": f"{MOCK_RETRY_AFTER_S}s",
+            }
         ]
     return JSONResponse({"error": error}, status_code=status_code, headers=headers)
 
@@ -1244,9 +1308,17 @@ def _validate_gemini(request: Request, body: object) -> Response | None:
     for name in ("maxOutputTokens", "candidateCount"):
         value = config.get(name)
         if value is not None and not _is_positive_int(value):
-            return _gemini_error(400, f"must be an integer >= 1, got {value!r}.", f"generationConfig.{name}")
+            return _gemini_error(
+                400, f"must be an integer >= 1, got {value!r}.", f"generationConfig.{name}"
+            )
     if (config.get("candidateCount") or 1) > MOCK_MAX_CHOICES:
-        return _gemini_error(400, f"must be at most {MOCK_MAX_CHOICES}.", "generationConfig.candidateCount")
+        return _gemini_error(
+            400, f"must be at most {MOCK_MAX_CHOICES}.", "generationConfig.candidateCount"
+        )
+    if not _is_list_of_objects(body.get("tools", [])):
+        return _gemini_error(400, "must be a list of tool objects.", "tools")
+    if not isinstance(body.get("toolConfig", {}), dict):
+        return _gemini_error(400, "must be an object.", "toolConfig")
     return None
 
 
@@ -1271,10 +1343,18 @@ def _gemini_respond(call: _Call) -> Response:
         parts.append({"text": reply.content})
 
     candidates = [
-        {"content": {"role": "model", "parts": parts}, "finishReason": _gemini_finish(reply), "index": index}
+        {
+            "content": {"role": "model", "parts": parts},
+            "finishReason": _gemini_finish(reply),
+            "index": index,
+        }
         for index in range(reply.choices)
     ]
-    body: dict[str, Any] = {"candidates": candidates, "modelVersion": call.model, "responseId": response_id}
+    body: dict[str, Any] = {
+        "candidates": candidates,
+        "modelVersion": call.model,
+        "responseId": response_id,
+    }
     if not call.faults.no_usage:
         body["usageMetadata"] = usage_to_gemini(reply.usage)
     return _json_or_dropped(body, call.faults)
@@ -1283,7 +1363,10 @@ def _gemini_respond(call: _Call) -> Response:
 def _gemini_function_call_part(reply: _Reply) -> dict[str, Any]:
     assert reply.tool_call is not None
     name, arguments = reply.tool_call
-    return {"functionCall": {"name": name, "args": arguments}, "thoughtSignature": MOCK_THOUGHT_SIGNATURE}
+    return {
+        "functionCall": {"name": name, "args": arguments},
+        "thoughtSignature": MOCK_THOUGHT_SIGNATURE,
+    }
 
 
 def _gemini_stream(call: _Call, response_id: str) -> AsyncIterator[bytes]:
@@ -1294,11 +1377,18 @@ def _gemini_stream(call: _Call, response_id: str) -> AsyncIterator[bytes]:
     def response(parts: list[dict[str, Any]], output_so_far: int, finish: bool = False) -> bytes:
         candidates = []
         for index in range(reply.choices):
-            candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": index}
+            candidate: dict[str, Any] = {
+                "content": {"role": "model", "parts": parts},
+                "index": index,
+            }
             if finish:
                 candidate["finishReason"] = _gemini_finish(reply)
             candidates.append(candidate)
-        data: dict[str, Any] = {"candidates": candidates, "modelVersion": call.model, "responseId": response_id}
+        data: dict[str, Any] = {
+            "candidates": candidates,
+            "modelVersion": call.model,
+            "responseId": response_id,
+        }
         if not faults.no_usage:
             if finish:
                 data["usageMetadata"] = usage_to_gemini(reply.usage)
@@ -1323,7 +1413,9 @@ def _gemini_stream(call: _Call, response_id: str) -> AsyncIterator[bytes]:
         [{"text": word if position == 0 else " " + word, "thought": True}]
         for position, word in enumerate(reply.reasoning_words)
     ]
-    steps = [(parts, False) for parts in reasoning_steps] + [(parts, True) for parts in content_steps]
+    steps = [(parts, False) for parts in reasoning_steps] + [
+        (parts, True) for parts in content_steps
+    ]
     # The last response carries the finish, unless a fault ends the stream before it.
     finishes = faults.disconnect_after is None and not faults.stream_error
 

@@ -200,9 +200,9 @@ def usage_from_chunk(chunk: Mapping[str, Any]) -> Usage | None:
 def render_usage(usage: Usage) -> dict[str, Any]:
     """Render a `Usage` as a Chat Completions `usage` object, the canonical form of every adapter.
 
-    Cache writes go in `prompt_tokens_details.cache_write_tokens`, the field OpenRouter documents
-    (https://openrouter.ai/docs/use-cases/usage-accounting), because OpenAI's object has none.
-    `usage_from_rendered` reads the result back without loss.
+    Cache writes go in `prompt_tokens_details.cache_write_tokens`, the field that OpenRouter
+    documents (https://openrouter.ai/docs/use-cases/usage-accounting) and that the `openai` SDK
+    3.60 types as PromptTokensDetails.cache_write_tokens. `usage_from_rendered` reads it back.
     """
     return {
         "prompt_tokens": usage.prompt_tokens,
@@ -225,7 +225,9 @@ def usage_from_rendered(usage: Mapping[str, Any]) -> Usage:
     """
     parsed = usage_from_openai(usage)
     details = usage.get("prompt_tokens_details")
-    cache_write_tokens = details.get(CACHE_WRITE_TOKENS_FIELD) if isinstance(details, Mapping) else None
+    cache_write_tokens = (
+        details.get(CACHE_WRITE_TOKENS_FIELD) if isinstance(details, Mapping) else None
+    )
     if cache_write_tokens is None:
         return parsed
     if isinstance(cache_write_tokens, bool) or not isinstance(cache_write_tokens, int):
@@ -435,7 +437,7 @@ def _connection_error(upstream: str, exc: Exception, api_key: str) -> UpstreamEr
 # differ from Chat Completions in paths, headers and bodies, but not in how a failed HTTP call,
 # a slow upstream or a broken event stream becomes an UpstreamError.
 
-RetryAfterFromBody = Callable[[bytes], "float | None"]
+RetryAfterFromBody = Callable[[bytes], float | None]
 
 
 def describe_upstream(url: str) -> str:

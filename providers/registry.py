@@ -4,8 +4,8 @@ Every adapter has the interface of `openai_compat`: `complete(client, base_url, 
 timeout_s) -> CompletionResult` and `stream(...) -> AsyncIterator[dict]`, both taking and giving
 Chat Completions objects, and `usage_from_chunk(chunk) -> Usage | None`, which reads the usage of
 a streamed chunk or a completion body in the adapter's canonical rendering, cache writes
-included. Use that `usage_from_chunk` rather than `usage_from_openai`, which knows no cache
-writes.
+included. Use that `usage_from_chunk` rather than `usage_from_openai`, which does not read
+cache writes.
 
     adapter = get_adapter(listing.upstream_protocol)
     result = await adapter.complete(client, listing.upstream_base_url, key, body, timeout_s)

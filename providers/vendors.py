@@ -16,19 +16,24 @@ The quirks, with the vendor documentation they come from:
 - moonshot (Kimi): explicit-cache hits as a top-level `cached_tokens`, and in streams the usage
   may sit inside the last choice (`choices[0].usage`). https://platform.moonshot.cn/docs/api/caching
   and the recorded Kimi streams of Vercel's AI SDK (packages/moonshotai/src/__fixtures__).
-- qwen (DashScope compatible mode): usage only when `stream_options.include_usage` is set, and
-  some versions send it in the last chunk together with its choices.
-  https://www.alibabacloud.com/help/en/model-studio/stream
-- glm (Zhipu): usage and finish_reason only in the last chunk, and the finish reasons
-  "sensitive" (blocked by moderation) and "network_error" (inference failed).
-  https://docs.bigmodel.cn/cn/guide/capabilities/streaming
+- qwen (DashScope compatible mode): usage only when `stream_options.include_usage` is set.
+  https://www.alibabacloud.com/help/en/model-studio/stream. Some versions are reported to send
+  it in the last chunk together with its choices. The page above does not show that, and the
+  stream handling covers both forms.
+- glm (Zhipu): usage and finish_reason only in the last chunk
+  (https://docs.bigmodel.cn/cn/guide/capabilities/streaming), and the finish reasons
+  "sensitive" (blocked by moderation) and "network_error" (inference failed), listed in the
+  response fields of Zhipu's model API reference at docs.bigmodel.cn/api-reference.
 - minimax: errors as `base_resp` objects in HTTP 200 bodies, with the codes of
   https://platform.minimax.io/docs/api-reference/errorcode, and reasoning inline in `<think>`
   tags unless `reasoning_split` is true, which moves it to `reasoning_details`.
   https://platform.minimax.io/docs/api-reference/text-openai-api
 
-Every profile asks for `max_tokens` where the vendor documents only that name, because the
-proxy's hold assumes the upstream honours the completion bound.
+Profiles send `max_completion_tokens` as `max_tokens` where the vendor documents only that name,
+because the proxy's hold assumes the upstream honours the completion bound. They remove
+Anthropic-style `cache_control` marks, which clients of the Anthropic ingress bring, except for
+DashScope, whose explicit cache reads them. Zhipu's bodies and chunks lack `object`, which is
+added.
 """
 
 from __future__ import annotations
@@ -137,9 +142,9 @@ async def stream(
 ) -> AsyncIterator[dict[str, Any]]:
     """Send a streaming chat completion to a vendor and yield normalized chunks.
 
-    Usage found anywhere (a usage-only chunk, the last chunk with choices, or inside a choice)
-    is taken out of the chunk, and the last one seen is yielded at the end as a chunk with empty
-    `choices` and the canonical usage. Chunks left with no choices are dropped.
+    Usage is taken out of every chunk that carries it: a usage-only chunk, the last chunk with
+    choices, or a choice itself. The last usage seen is yielded at the end, in a chunk with
+    empty `choices` and the canonical usage. Chunks left with no choices are dropped.
 
     Raises UpstreamError as `openai_compat.stream` does, for an error the profile finds in a
     chunk, and, for a vendor whose stream may end without `data: [DONE]`, when it ends before
@@ -214,7 +219,9 @@ def _parse_usage(profile: VendorProfile, reported: Any, upstream: str) -> Usage 
             raise InvalidUsageError(f"usage must be a JSON object, got {type(reported).__name__}")
         return profile.parse_usage(reported)
     except InvalidUsageError as exc:
-        logger.warning("Upstream %s (%s) reported invalid usage, ignoring it: %s", upstream, profile.name, exc)
+        logger.warning(
+            "Upstream %s (%s) reported invalid usage, ignoring it: %s", upstream, profile.name, exc
+        )
         return None
 
 
@@ -311,14 +318,17 @@ def _moonshot_usage(usage: Mapping[str, Any]) -> Usage:
 def _qwen_usage(usage: Mapping[str, Any]) -> Usage:
     parsed = usage_from_openai(usage)
     details = usage.get("prompt_tokens_details")
-    # NOTE: the explicit-cache field name `cache_creation_input_tokens` is taken from
-    # DashScope's context cache guide as recalled, not from a fetched response; when absent,
+    # NOTE: the explicit-cache field `cache_creation_input_tokens` is written from memory of
+    # DashScope's context cache guide and not checked against a response. When it is absent,
     # cache writes count as plain input, which undercharges rather than overcharges.
     created = details.get("cache_creation_input_tokens") if isinstance(details, Mapping) else None
     if created is None:
         return parsed
     return _with_cache_counts(
-        parsed, parsed.cached_prompt_tokens, created, "prompt_tokens_details.cache_creation_input_tokens"
+        parsed,
+        parsed.cached_prompt_tokens,
+        created,
+        "prompt_tokens_details.cache_creation_input_tokens",
     )
 
 
@@ -382,11 +392,12 @@ def _glm_normalizer() -> ChoiceNormalizer:
 def _minimax_normalizer() -> ChoiceNormalizer:
     """Copy reasoning_details text into reasoning_content, keeping reasoning_details.
 
-    MiniMax asks clients to send reasoning_details back unchanged, so the field stays.
+    MiniMax's guide requires clients to send reasoning_details back unchanged, so it stays.
     NOTE: MiniMax's streaming example treats each delta's reasoning_details text as the
-    cumulative text so far, while a report against MiniMax-M2.7 (MiniMax-AI/MiniMax-M2 issue
-    95) found it incremental. A text that starts with everything received so far is taken as
-    cumulative and cut to its new suffix, else it is taken as incremental.
+    cumulative text so far, while a report against MiniMax-M2.7
+    (https://github.com/MiniMax-AI/MiniMax-M2/issues/95) found it incremental. A text that starts
+    with everything received so far is taken as cumulative and cut to its new suffix, else it is
+    taken as incremental.
     """
     received: dict[int, str] = {}
 

@@ -143,3 +143,15 @@ def test_openai_sdk_stream_from_anthropic_upstream(marketplace, openai_client):
     assert usage.completion_tokens == 5
     assert usage.model_extra["cost_nano_usd"] == cost(5, 5)
     assert buyer_balance(marketplace.db, account_id).posted_nano_usd == FUNDS_NANO_USD - cost(5, 5)
+
+
+def test_request_the_upstream_protocol_cannot_express_gets_400(marketplace, openai_client, fresh_mock_upstream):
+    account_id, client = openai_client
+
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="anthropic/claude-sonnet", max_tokens=5, n=2, messages=[{"role": "user", "content": "hi"}])
+
+    assert raised.value.body["code"] == "unsupported_by_upstream"
+    assert fresh_mock_upstream.stats()["requests"] == 0
+    assert buyer_balance(marketplace.db, account_id).posted_nano_usd == FUNDS_NANO_USD
+    assert buyer_balance(marketplace.db, account_id).pending_debits_nano_usd == 0

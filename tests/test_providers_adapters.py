@@ -1,6 +1,6 @@
 """Every adapter turns its vendor's documented wire format into canonical content and usage.
 
-Each fixture in tests/fixtures/providers holds a response or stream in the shape its vendor
+Each fixture in tests/fixtures/providers contains a response or stream in the shape its vendor
 documents (the header of each file names the source). The tests serve it through an in-process
 transport to the adapter that `registry.get_adapter` returns, and check the exact content and
 the exact canonical `Usage`.
@@ -9,7 +9,6 @@ the exact canonical `Usage`.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,7 @@ def load_sse_fixture(name: str) -> bytes:
 
 
 class Upstream:
-    """An in-process upstream that answers every request with one fixed response."""
+    """An in-process upstream that returns one fixed response to every request."""
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
@@ -80,7 +79,12 @@ def sse_upstream(fixture: str) -> Upstream:
 
 
 def chat_body(model: str = "fixture-model", **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 100, **extra}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 100,
+        **extra,
+    }
 
 
 async def complete_with(protocol: str, upstream: Upstream, body: dict[str, Any] | None = None):
@@ -136,7 +140,9 @@ def stream_usage(protocol: str, chunks: list[dict[str, Any]]) -> Usage | None:
             "The invoice total is 1,240 USDC.",
             None,
             "stop",
-            Usage(2006, 300, cached_prompt_tokens=1536, cache_write_tokens=256, reasoning_tokens=256),
+            Usage(
+                2006, 300, cached_prompt_tokens=1536, cache_write_tokens=256, reasoning_tokens=256
+            ),
         ),
         (
             "deepseek",
@@ -291,7 +297,9 @@ async def test_minimax_base_resp_error_with_200() -> None:
         ),
     ],
 )
-async def test_stream_fixture_content_and_usage(protocol, fixture, content, reasoning, usage) -> None:
+async def test_stream_fixture_content_and_usage(
+    protocol, fixture, content, reasoning, usage
+) -> None:
     chunks = await stream_with(protocol, sse_upstream(fixture))
 
     assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks[:-1])
@@ -369,7 +377,9 @@ def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any)
 
 
 def stream_upstream(body: bytes) -> Upstream:
-    return Upstream(httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}))
+    return Upstream(
+        httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    )
 
 
 async def test_glm_sensitive_finish_is_content_filter() -> None:
@@ -449,7 +459,11 @@ async def test_openai_profile_requires_done() -> None:
 @pytest.mark.parametrize("protocol", ["deepseek", "moonshot", "qwen", "glm"])
 async def test_max_completion_tokens_sent_as_max_tokens(protocol) -> None:
     upstream = json_upstream("openai_response.jsonc")
-    body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 64}
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_completion_tokens": 64,
+    }
 
     await complete_with(protocol, upstream, body)
 
@@ -475,7 +489,9 @@ def cache_marked_body() -> dict[str, Any]:
         "messages": [
             {
                 "role": "system",
-                "content": [{"type": "text", "text": "Long rules", "cache_control": {"type": "ephemeral"}}],
+                "content": [
+                    {"type": "text", "text": "Long rules", "cache_control": {"type": "ephemeral"}}
+                ],
             },
             {"role": "user", "content": "Hi"},
         ],
@@ -489,7 +505,9 @@ def cache_marked_body() -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(("protocol", "kept"), [("openai", False), ("deepseek", False), ("qwen", True)])
+@pytest.mark.parametrize(
+    ("protocol", "kept"), [("openai", False), ("deepseek", False), ("qwen", True)]
+)
 async def test_cache_control_marks(protocol, kept) -> None:
     upstream = json_upstream("openai_response.jsonc")
 
@@ -541,7 +559,9 @@ def test_render_usage_round_trip() -> None:
 )
 def test_usage_from_rendered_rejects(details, message) -> None:
     with pytest.raises(InvalidUsageError, match=message):
-        usage_from_rendered({"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": details})
+        usage_from_rendered(
+            {"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": details}
+        )
 
 
 def test_registry_protocols() -> None:
@@ -563,7 +583,8 @@ def test_registry_protocols() -> None:
 
 
 @pytest.mark.parametrize(
-    ("alias", "protocol"), [("kimi", "moonshot"), ("zhipu", "glm"), ("dashscope", "qwen"), (" Anthropic ", "anthropic")]
+    ("alias", "protocol"),
+    [("kimi", "moonshot"), ("zhipu", "glm"), ("dashscope", "qwen"), (" Anthropic ", "anthropic")],
 )
 def test_registry_aliases(alias, protocol) -> None:
     assert registry.get_adapter(alias).protocol == protocol
@@ -574,7 +595,9 @@ def test_registry_unknown_protocol(protocol) -> None:
     with pytest.raises(registry.UnknownProtocolError) as caught:
         registry.get_adapter(protocol)
 
-    assert str(caught.value).startswith(f"upstream protocol {protocol!r} is not supported; use one of openai,")
+    assert str(caught.value).startswith(
+        f"upstream protocol {protocol!r} is not supported; use one of openai,"
+    )
 
 
 def test_registry_families() -> None:
@@ -615,10 +638,3 @@ async def test_anthropic_request_headers() -> None:
     assert request.headers["x-api-key"] == API_KEY
     assert request.headers["anthropic-version"] == "2023-06-01"
     assert "authorization" not in request.headers
-
-
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-async def collect(chunks: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [item async for item in chunks]
