@@ -27,10 +27,16 @@ demo: install
 test: install
 	$(BIN)/pytest
 
+bench: install
+	$(BIN)/python -m bench
+
 contracts: install
 	node contracts/build.mjs
 
-check-contracts: install
+check-bench: install
+	$(BIN)/python -m bench
+
+contracts: install
 	node contracts/build.mjs --check
 
 clean:

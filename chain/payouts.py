@@ -7,14 +7,16 @@ The ledger side is `marketplace/payouts.py`. This module runs one pass over a ch
    given up (reverted). If none is mined, the latest transaction is broadcast again, or replaced
    with higher fees and the same nonce once it is older than `payout_replace_after_s`. If the
    nonce was used at the confirmation depth by some other transaction, the payout takes a new one.
-2. Suppliers whose available earnings reach the threshold get a new payout, if the treasury
-   holds enough of the token.
+2. Suppliers whose available earnings reach the threshold get a new payout, if the treasury's
+   token balance covers it.
 
-Why this pays once: a transaction is signed and stored in the database before it is broadcast,
-and every transaction of one payout uses the same nonce until a mined one reverts, so at most
-one of them can transfer tokens. A crash after broadcasting can only lead to the stored
-transaction being broadcast again. The treasury key must sign nothing else that uses the nonces
-Tokenport assigns; `allocate_nonce` skips nonces that the node already counts as used.
+Why this pays once: a transaction is signed and stored in the database before it is broadcast.
+Every transaction of one payout uses the same nonce until that nonce is used up at the
+confirmation depth, by a transaction of ours that reverted or by another one, so at most one of
+them can transfer tokens. A crash after broadcasting can only lead to the stored transaction
+being broadcast again. The treasury key may sign other transactions, because `allocate_nonce`
+skips nonces that the node already counts as used. One that takes a nonce Tokenport assigned
+only delays that payout until it is confirmed, and then the payout takes a new nonce.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ ERC20_PAYOUT_ABI = [
 
 # The gas estimate is raised by this share, because the state may change before the transaction is mined.
 GAS_ESTIMATE_MARGIN_PCT = 25
+
+# Parts of the errors that geth and anvil return for a transaction they already have, or whose
+# nonce is already used. Such a rejection means that sending it again changed nothing.
+_ALREADY_SENT_PHRASES = ("already known", "already imported", "known transaction", "nonce too low")
 
 
 class PayoutConfigError(Exception):
@@ -104,7 +110,7 @@ class PayoutRunResult:
 class PayoutSender:
     """Pays suppliers on one chain from the treasury.
 
-    `gas_limit` fixes the gas of every new transaction instead of estimating it; tests use it
+    `gas_limit` fixes the gas of every new transaction instead of estimating it. Tests use it
     to make a transaction run out of gas and revert.
     """
 
@@ -142,7 +148,9 @@ class PayoutSender:
             self._advance(payout_id, safe, result)
 
         with self.db.session() as session:
-            supplier_ids = payouts.payable_supplier_ids(session, self.settings.payout_threshold_nano_usd)
+            supplier_ids = payouts.payable_supplier_ids(
+                session, self.settings.payout_threshold_nano_usd, self.settings.payout_failure_cooldown_s
+            )
         for supplier_id in supplier_ids:
             payout_id = self._open(supplier_id, result)
             if payout_id is not None:
@@ -167,7 +175,8 @@ class PayoutSender:
                 payout_id = payout.id
         except _TreasuryTooLow as exc:
             logger.error(
-                "treasury %s holds %d units of %s, too few for a payout of %d units to supplier %d; not paying",
+                "treasury %s has %d units of %s, fewer than a payout of %d units to supplier %d needs; "
+                "the payout waits until the treasury is funded",
                 self.chain.treasury_address, treasury_units, self.token.address, exc.amount_units, supplier_id,
             )
             result.skipped_for_balance += 1
@@ -220,7 +229,7 @@ class PayoutSender:
             return
         latest = current[-1]
 
-        # The nonce as of the confirmation depth: when it is past ours and none of our
+        # If the treasury's nonce at the confirmation depth is past ours and none of our
         # transactions is mined, another transaction of the treasury used the nonce.
         confirmed_nonce = self.w3.eth.get_transaction_count(self.chain.treasury_address, max(safe, 0))
         if confirmed_nonce > latest.nonce:
@@ -250,7 +259,7 @@ class PayoutSender:
             )
             if same:
                 return
-        # NOTE: the payout is still recorded as paid, because the transaction succeeded; the
+        # NOTE: the payout is still recorded as paid, because the transaction succeeded. The
         # reconciler reports the mismatch for an operator to resolve.
         logger.error(
             "payout transaction %s succeeded without a Transfer of %s units to %s",
@@ -284,14 +293,20 @@ class PayoutSender:
         pending_nonce = self.w3.eth.get_transaction_count(self.chain.treasury_address, "pending")
 
         with self.db.transaction() as session:
-            payout = session.get(Payout, payout_id)
-            assert payout is not None and payout.status == "open"
-            if replaced is not None:
-                nonce = replaced.nonce
-            elif payout.nonce is not None:
-                nonce = payout.nonce
-            else:
+            # The row lock makes a concurrent run wait here. It then finds the nonce that this
+            # run gave the payout and stops, so one payout never gets two nonces.
+            payout = session.get(Payout, payout_id, with_for_update=True)
+            assert payout is not None
+            if payout.status != "open":
+                return
+            if replaced is None:
+                if payout.nonce is not None:
+                    return
                 nonce = payouts.allocate_nonce(session, self.chain.chain_id, self.chain.treasury_address, pending_nonce)
+            else:
+                if payout.nonce != replaced.nonce:
+                    return
+                nonce = replaced.nonce
             signed = self.signer.sign_transaction(
                 {
                     "type": 2,
@@ -327,11 +342,15 @@ class PayoutSender:
         return estimate + estimate * GAS_ESTIMATE_MARGIN_PCT // 100
 
     def _broadcast(self, attempt: PayoutAttempt, result: PayoutRunResult) -> None:
-        """Send a stored transaction. Sending it again is harmless: nodes answer with "already known" or "nonce too low"."""
+        """Send a stored transaction. Sending it again is harmless: the node rejects it as known or as using a spent nonce."""
         try:
             self.w3.eth.send_raw_transaction(attempt.raw_transaction)
         except Web3RPCError as exc:
-            logger.info("payout transaction %s was not accepted again: %s", attempt.tx_hash, exc)
+            message = str(exc).lower()
+            if any(phrase in message for phrase in _ALREADY_SENT_PHRASES):
+                logger.info("payout transaction %s is already known to the node: %s", attempt.tx_hash, exc)
+            else:
+                logger.error("payout transaction %s was rejected by the node; the next run retries: %s", attempt.tx_hash, exc)
             return
         with self.db.transaction() as session:
             payouts.mark_broadcast(session, attempt.id)

@@ -1,12 +1,13 @@
 """JSON-RPC reads shared by the deposit watcher, payouts and reconciliation.
 
 The important one is `LogFetcher`: it reads `eth_getLogs` in block-range windows that cover a
-range exactly once, in order. Providers cap `eth_getLogs` by block range (for example 2,000 or
-10,000 blocks) or by result count (geth and Infura stop at 10,000 logs), and each words the
-rejection differently. So any JSON-RPC error, a 4xx or 5xx HTTP status other than 401, 403 and
-429, or a read timeout on a window of several blocks is treated as "too large": the window is
-halved and read again. A single block that is still rejected is read from its receipts instead.
-Nothing is ever skipped, because a window is yielded only once its logs were read.
+range exactly once, in order. Providers cap `eth_getLogs` by block range or by result count,
+with different error codes. Infura answers -32005 "query returned more than 10000 results",
+Alchemy -32602 above 2,000 blocks and 10,000 logs, and other providers use -32603 or codes
+of their own. So any JSON-RPC error, a 4xx or 5xx HTTP status other than 401, 403 and 429, or a
+read timeout is treated as "too large": the window is halved and read again. A single block
+that is still rejected is read from its receipts instead. No block is skipped, because a window
+is yielded only once its logs were read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import requests
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import BlockNotFound, MethodUnavailable, TransactionNotFound, Web3RPCError
+from web3.providers.rpc.utils import ExceptionRetryConfiguration
 
 from marketplace.settings import ChainSettings
 
@@ -104,7 +106,7 @@ class FetchStats:
 
 
 def is_range_rejection(exc: BaseException) -> bool:
-    """Whether an `eth_getLogs` failure may mean that the window was too large."""
+    """Return whether an `eth_getLogs` failure may mean that the window was too large."""
     if isinstance(exc, MethodUnavailable):
         return False
     if isinstance(exc, Web3RPCError):
@@ -185,6 +187,20 @@ class LogFetcher:
                 continue
             logs.extend(log for log in receipt["logs"] if any(query.matches(log) for query in queries))
         return sorted(logs, key=lambda log: int(log["logIndex"]))
+
+
+def connect(chain: ChainSettings) -> Web3:
+    """Return a Web3 on the chain's HTTP RPC URL that retries only failed connections.
+
+    web3.py retries HTTP errors and timeouts by default, with backoff. Here they reach the
+    caller at once: the log fetcher treats them as a window that is too large, and every other
+    call fails the poll, which the next poll repeats.
+    """
+    retry = ExceptionRetryConfiguration(errors=(ConnectionError, requests.ConnectionError), retries=3, backoff_factor=0.25)
+    provider = Web3.HTTPProvider(
+        chain.rpc_url, request_kwargs={"timeout": chain.rpc_timeout_s}, exception_retry_configuration=retry
+    )
+    return Web3(provider)
 
 
 def read_head_block(w3: Web3) -> int:

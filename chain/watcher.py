@@ -5,12 +5,17 @@ and a `Deposited` event of the chain's TopUpVault for an allowlisted token. Only
 token contracts count, by address. A log of any other contract, a zero amount, a vault
 withdrawal to the treasury and a malformed log are skipped with a log line and a counter.
 
+A fee-on-transfer token credits what arrived. The vault emits the increase of its own balance,
+and reverts when nothing arrived. A plain transfer is credited at the value of its Transfer log
+to the treasury, which is the net amount for tokens that log the net amount, as the test token
+FeeOnTransferToken does. A token whose Transfer logs more than it delivers must not be listed.
+
 Each poll runs three steps:
 
-1. Reorganisation check. The cursor stores the hash of its block. If the canonical hash
-   differs, a reorganisation reached below the cursor: settled deposits in the last
-   `reorg_check_blocks` blocks are checked against their receipts (moved, or reversed), and the
-   cursor goes back by that many blocks so that the range is scanned again.
+1. Reorganisation check. The cursor stores the hash of its block, and a different canonical
+   hash means that a reorganisation reached below the cursor. Then settled deposits in the last
+   `reorg_check_blocks` blocks are checked against their receipts (and moved, or reversed), and
+   the cursor goes back by that many blocks, so that the range is scanned again.
 2. Confirmed scan, from the cursor to the highest creditable block (`confirmations` deep, or
    the `finalized` tag). Each window's deposits are checked against their transaction receipts
    (status 1, same block hash, same log), then credited in one database transaction together
@@ -40,6 +45,7 @@ from chain.rpc import (
     LogFetcher,
     LogQuery,
     LogWindow,
+    connect,
     read_block_hash,
     read_head_block,
     read_receipt,
@@ -58,7 +64,7 @@ DEPOSITED_TOPIC = Web3.keccak(text="Deposited(bytes32,address,address,uint256)")
 
 
 class CursorMoved(Exception):
-    """Another watcher process moved the cursor of this chain first; this poll stops."""
+    """Another watcher process moved the cursor of this chain first, so this poll stops."""
 
 
 def _address_topic(address: str) -> str:
@@ -72,7 +78,7 @@ def _topic_address(topic: bytes) -> str:
 
 @dataclass
 class PollResult:
-    """What one poll did, for logs, the Celery task result and tests."""
+    """Counters and windows of one poll, for logs, the Celery task result and tests."""
 
     head_block: int
     safe_block: int
@@ -87,7 +93,7 @@ class PollResult:
     skipped_logs: int = 0
     logs_seen: int = 0
     reorg_detected: bool = False
-    # Why the poll stopped early, if it did; the next poll continues from the saved cursor.
+    # The reason the poll stopped early, or None. The next poll continues from the saved cursor.
     interrupted: str | None = None
     windows: list[tuple[int, int]] = field(default_factory=list)
 
@@ -148,13 +154,13 @@ class DepositWatcher:
 
         self.skipped_logs += 1
         logger.warning(
-            "skipped a log that is no deposit: chain=%d tx=%s log=%s reason=%s",
+            "skipped a log that is not a deposit: chain=%d tx=%s log=%s reason=%s",
             self.chain.chain_id, to_hex(raw.get("transactionHash", b"")), raw.get("logIndex"), reason,
         )
         return None
 
     def _parse(self, raw: Any) -> deposits.DepositLog | str:
-        """Return the deposit, or a string that says why the log is not one."""
+        """Return the deposit, or a string with the reason why the log is not one."""
         address = Web3.to_checksum_address(raw["address"])
         topics = [bytes(topic) for topic in raw["topics"]]
         data = bytes(raw["data"])
@@ -219,7 +225,7 @@ class DepositWatcher:
         return cursor.last_block if cursor is not None else self.chain.start_block - 1
 
     def _lock_cursor(self, session: Session, expected_block: int) -> ChainCursor:
-        """Lock the cursor row for this transaction and check that nobody moved it since it was read."""
+        """Lock the cursor row for this transaction and check that no other watcher moved it since it was read."""
         cursor = session.scalar(
             select(ChainCursor).where(ChainCursor.chain_id == self.chain.chain_id).with_for_update()
         )
@@ -234,7 +240,10 @@ class DepositWatcher:
     # --- poll ---------------------------------------------------------------------------
 
     def poll_once(self) -> PollResult:
-        """Run the three steps once. Raises ChainReadError subclasses and RPC errors; the next poll retries."""
+        """Run the three steps once.
+
+        Raises ChainReadError subclasses and RPC errors, and the next poll tries again.
+        """
         head = read_head_block(self.w3)
         safe = min(read_safe_block(self.w3, self.chain, head), head)
         with self.db.session() as session:
@@ -281,7 +290,7 @@ class DepositWatcher:
         )
         self._recheck_settled(low, result)
 
-        # NOTE: a reorganisation deeper than reorg_check_blocks is not rescanned here; the
+        # NOTE: a reorganisation deeper than reorg_check_blocks is not rescanned here. The
         # reconciler reports its deposits as missing in the ledger or missing on-chain.
         with self.db.transaction() as session:
             row = self._lock_cursor(session, cursor)
@@ -375,7 +384,7 @@ class DepositWatcher:
                 continue
             located = self._locate(row)
             if located is not None and located.block_number <= window.to_block:
-                # The provider left out a log that the receipt proves; it is credited like the others.
+                # The provider left out a log that the receipt proves, so it is credited like the others.
                 logs.append(located.log)
                 seen.add(located.log.key)
             else:
@@ -417,8 +426,8 @@ class DepositWatcher:
     def _check_receipts(self, logs: list[deposits.DepositLog]) -> dict[tuple[str, int], str]:
         """Check logs against their transaction receipts and return a rejection reason per failing log.
 
-        Raises ChainViewChanged when a receipt is missing or in another block, because the chain
-        reorganised after the logs were read; the window is then read again at the next poll.
+        Raises ChainViewChanged when a receipt is missing or in another block. That means the
+        chain reorganised after the logs were read, so the next poll reads the window again.
         """
         by_tx: dict[str, list[deposits.DepositLog]] = {}
         for log in logs:
@@ -503,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         DepositWatcher(
             db,
             chain,
-            Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 30})),
+            connect(chain),
             on_window_committed=print_progress if args.progress else None,
         )
         for chain in settings.chains

@@ -15,27 +15,33 @@ these statuses:
   owed by the buyer on a receivable account that later deposits pay off first.
 - rejected: the receipt does not confirm the log, or the amount does not fit the ledger.
 
-An orphaned or reversed deposit whose transaction is included again is pending again, and is
-credited once more under a transfer id with the reversal count appended, so the credits and
-reversals of one log always net to at most one credit.
+An orphaned or reversed deposit whose transaction is included again becomes pending again. Its
+next credit gets a transfer id with the reversal count appended, so the credits and reversals
+of one log always net to at most one credit.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from marketplace import ledger
-from marketplace.accounts import wallet_owner
-from marketplace.models import Account, Deposit, LedgerAccount, utcnow
+from marketplace.errors import InvalidRequest
+from marketplace.models import Account, ChainCursor, Deposit, LedgerAccount, Wallet, utcnow
+from marketplace.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 # The largest amount a BigInteger column holds: about 9.2 billion USD in nano-USD.
 MAX_AMOUNT_NANO_USD = 2**63 - 1
+# The largest id of the accounts table's Integer column.
+MAX_ACCOUNT_ID = 2**31 - 1
+
+_DECIMAL_AMOUNT = re.compile(r"(\d{1,40})(?:\.(\d{1,40}))?")
 
 # Statuses whose log was found in the canonical chain at the confirmation depth.
 SETTLED_STATUSES = ("credited", "unattributed")
@@ -99,7 +105,7 @@ def deposit_shortfall_transfer_id(chain_id: int, tx_hash: str, log_index: int, r
 
 
 def receivable_account_name(account_id: int) -> str:
-    """The ledger account of what a buyer owes after a reversal that their balance could not cover."""
+    """Return the name of the ledger account that records what a buyer owes after a reversal their balance could not cover."""
     return f"receivable:{account_id}"
 
 
@@ -119,16 +125,19 @@ def find_deposits(session: Session, chain_id: int, keys: list[tuple[str, int]]) 
         return {}
     tx_hashes = sorted({tx_hash.lower() for tx_hash, _ in keys})
     rows = session.scalars(select(Deposit).where(Deposit.chain_id == chain_id, Deposit.tx_hash.in_(tx_hashes)))
-    wanted = {(tx_hash.lower(), log_index) for tx_hash, log_index in keys}
-    return {(row.tx_hash, row.log_index): row for row in rows if (row.tx_hash, row.log_index) in wanted}
+    requested = {(tx_hash.lower(), log_index) for tx_hash, log_index in keys}
+    return {(row.tx_hash, row.log_index): row for row in rows if (row.tx_hash, row.log_index) in requested}
 
 
 def _attributed_account(session: Session, log: DepositLog) -> int | None:
     if log.source == "vault":
-        if log.account_ref is None:
+        # Anyone can send any 32-byte reference, and one outside the id column's range names no account.
+        if log.account_ref is None or not 1 <= log.account_ref <= MAX_ACCOUNT_ID:
             return None
         return log.account_ref if session.get(Account, log.account_ref) is not None else None
-    return wallet_owner(session, log.from_address)
+    # The same query as marketplace.accounts.wallet_owner, without importing the sign-in
+    # module, whose SIWE grammar takes about a second to load in every watcher process.
+    return session.scalar(select(Wallet.account_id).where(Wallet.address == log.from_address))
 
 
 def _move_to_block(deposit: Deposit, log: DepositLog) -> None:
@@ -144,19 +153,22 @@ def _upsert(session: Session, log: DepositLog) -> Deposit:
     """
     deposit = _find(session, log.chain_id, log.tx_hash, log.log_index)
     if deposit is None:
+        amount_nano_usd = units_to_nano_usd(log.amount_units, log.token_decimals)
+        too_large = amount_nano_usd > MAX_AMOUNT_NANO_USD
         deposit = Deposit(
             chain_id=log.chain_id,
             tx_hash=log.tx_hash.lower(),
             log_index=log.log_index,
             amount_units=str(log.amount_units),
-            amount_nano_usd=units_to_nano_usd(log.amount_units, log.token_decimals),
+            amount_nano_usd=0 if too_large else amount_nano_usd,
             token_address=log.token_address,
             from_address=log.from_address,
             to_address=log.to_address,
             account_id=_attributed_account(session, log),
             block_number=log.block_number,
             block_hash=log.block_hash,
-            status="pending",
+            status="rejected" if too_large else "pending",
+            status_reason=f"amount of {log.amount_units} units does not fit the ledger" if too_large else None,
             source=log.source,
             account_ref=None if log.account_ref is None else "0x" + log.account_ref.to_bytes(32, "big").hex(),
             reversal_count=0,
@@ -204,8 +216,8 @@ def credit_deposit(session: Session, log: DepositLog) -> Deposit:
         return deposit
 
     _move_to_block(deposit, log)
-    if deposit.amount_nano_usd > MAX_AMOUNT_NANO_USD:
-        return _reject(session, deposit, f"amount of {deposit.amount_units} units does not fit the ledger")
+    if units_to_nano_usd(log.amount_units, log.token_decimals) > MAX_AMOUNT_NANO_USD:
+        return _reject(session, deposit, f"amount of {log.amount_units} units does not fit the ledger")
     if deposit.account_id is None:
         deposit.account_id = _attributed_account(session, log)
     if deposit.account_id is None:
@@ -238,7 +250,7 @@ def credit_deposit(session: Session, log: DepositLog) -> Deposit:
 
 
 def reject_deposit(session: Session, log: DepositLog, reason: str) -> Deposit:
-    """Record a log that must never be credited as it stands, for example one whose transaction reverted."""
+    """Record a log that must not be credited, for example one whose transaction reverted."""
     deposit = _upsert(session, log)
     if deposit.status in SETTLED_STATUSES:
         # A settled deposit is only taken back by a reversal, which needs proof that its log left the chain.
@@ -367,6 +379,128 @@ def _recover_receivable(session: Session, account_id: int, buyer: LedgerAccount,
         "deposit paid off a reversal shortfall: account=%d recovered_nano_usd=%d still_owed_nano_usd=%d",
         account_id, recovered_nano_usd, owed_nano_usd - recovered_nano_usd,
     )
+
+
+# --- the API's deposit instructions and status ---------------------------------------------
+
+
+def eip681_transfer_uri(chain_id: int, token_address: str, recipient: str, amount_units: int | None = None) -> str:
+    """Return an EIP-681 URI with which a wallet calls transfer(recipient, amount) on the token."""
+    uri = f"ethereum:{token_address}@{chain_id}/transfer?address={recipient}"
+    if amount_units is not None:
+        uri += f"&uint256={amount_units}"
+    return uri
+
+
+def eip681_call_uri(chain_id: int, contract_address: str, function: str, arguments: list[tuple[str, object]]) -> str:
+    """Return an EIP-681 URI for a contract call, with arguments given as (ABI type, value) in order."""
+    query = "&".join(f"{abi_type}={value}" for abi_type, value in arguments)
+    return f"ethereum:{contract_address}@{chain_id}/{function}?{query}"
+
+
+def parse_amount_units(amount: str, decimals: int) -> int:
+    """Convert a decimal token amount such as "5" or "12.25" to base units, exactly.
+
+    Raises InvalidRequest naming the `amount` field when the text is no positive decimal
+    number or has more fractional digits than the token.
+    """
+    match = _DECIMAL_AMOUNT.fullmatch(amount.strip())
+    if match is None:
+        raise InvalidRequest(f"amount {amount!r} is not a decimal number such as 5 or 12.25", param="amount")
+    whole, fraction = match.group(1), match.group(2) or ""
+    if len(fraction) > decimals:
+        raise InvalidRequest(f"amount {amount!r} has more than the token's {decimals} decimals", param="amount")
+    units = int(whole) * 10**decimals + (int(fraction.ljust(decimals, "0")) if fraction else 0)
+    if units == 0:
+        raise InvalidRequest(f"amount {amount!r} must be greater than zero", param="amount")
+    return units
+
+
+def deposit_instructions(session: Session, settings: Settings, account_id: int, amount: str | None = None) -> dict:
+    """Return how an account can top up: a plain transfer from a bound wallet, or a vault deposit, per chain and token.
+
+    With `amount` (a decimal string in whole tokens), every URI carries the amount in the
+    token's base units.
+    """
+    wallets = list(session.scalars(select(Wallet.address).where(Wallet.account_id == account_id).order_by(Wallet.id)))
+    account_ref = "0x" + account_id.to_bytes(32, "big").hex()
+    transfer_options = []
+    vault_options = []
+    for chain in settings.chains:
+        for token in chain.tokens:
+            amount_units = parse_amount_units(amount, token.decimals) if amount is not None else None
+            common = {
+                "chain_id": chain.chain_id,
+                "chain": chain.name,
+                "token_symbol": token.symbol,
+                "token_address": token.address,
+                "token_decimals": token.decimals,
+                "amount_units": None if amount_units is None else str(amount_units),
+                "confirmations_required": chain.confirmations if chain.finality == "confirmations" else None,
+                "finality": chain.finality,
+            }
+            transfer_options.append(
+                {
+                    **common,
+                    "method": "transfer",
+                    "treasury_address": chain.treasury_address,
+                    "payment_uri": eip681_transfer_uri(chain.chain_id, token.address, chain.treasury_address, amount_units),
+                }
+            )
+            if chain.vault_address is None:
+                continue
+            shown_units = amount_units if amount_units is not None else "<amount in base units>"
+            vault_options.append(
+                {
+                    **common,
+                    "method": "vault",
+                    "vault_address": chain.vault_address,
+                    "account_ref": account_ref,
+                    "approve_uri": eip681_call_uri(
+                        chain.chain_id, token.address, "approve", [("address", chain.vault_address), ("uint256", shown_units)]
+                    ),
+                    "deposit_uri": eip681_call_uri(
+                        chain.chain_id,
+                        chain.vault_address,
+                        "deposit",
+                        [("address", token.address), ("uint256", shown_units), ("bytes32", account_ref)],
+                    ),
+                }
+            )
+    return {
+        "send_from": wallets,
+        "rule": (
+            "Either send the token from one of your signed-in wallets to the treasury (other senders are "
+            "not credited), or approve the vault and call deposit(token, amount, account_ref) from any "
+            "wallet. The vault credits the amount it received."
+        ),
+        "options": transfer_options + vault_options,
+    }
+
+
+def _chain_position(session: Session, settings: Settings, chain_id: int) -> tuple[int | None, int | None]:
+    """Return (head block, confirmations required) of a chain, from the watcher's last poll."""
+    cursor = session.get(ChainCursor, chain_id)
+    head_block = cursor.head_block if cursor is not None else None
+    try:
+        chain = settings.chain(chain_id)
+    except KeyError:
+        return head_block, None
+    return head_block, chain.confirmations if chain.finality == "confirmations" else None
+
+
+def account_deposits(session: Session, settings: Settings, account_id: int, *, chain_id: int | None = None, tx_hash: str | None = None) -> list[dict]:
+    """Return an account's deposits, optionally of one transaction, oldest first, with their status."""
+    query = select(Deposit).where(Deposit.account_id == account_id)
+    if chain_id is not None:
+        query = query.where(Deposit.chain_id == chain_id)
+    if tx_hash is not None:
+        query = query.where(Deposit.tx_hash == tx_hash.lower())
+    views = []
+    for deposit in session.scalars(query.order_by(Deposit.chain_id, Deposit.block_number, Deposit.log_index)):
+        head_block, required = _chain_position(session, settings, deposit.chain_id)
+        views.append(deposit_view(deposit, head_block, required))
+    return views
 
 
 def deposit_view(deposit: Deposit, head_block: int | None, confirmations_required: int | None) -> dict:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -97,6 +98,12 @@ def get_or_create_account(
     account = session.scalar(select(LedgerAccount).where(LedgerAccount.name == name))
     assert account is not None, f"ledger account {name} vanished after insert"
     return account
+
+
+def find_accounts(session: Session, names: Iterable[str]) -> dict[str, LedgerAccount]:
+    """Read the accounts with these names in one query; a name with no account is left out."""
+    rows = session.scalars(select(LedgerAccount).where(LedgerAccount.name.in_(set(names))))
+    return {account.name: account for account in rows}
 
 
 def get_buyer_account(session: Session, account_id: int) -> LedgerAccount:
@@ -307,6 +314,133 @@ def _resolve_hold(session: Session, hold_id: str, posted_nano_usd: int, code: st
 def post_hold(session: Session, hold_id: str, amount_nano_usd: int) -> LedgerTransfer:
     """Post amount_nano_usd (at most the held amount) of a hold and release the rest."""
     return _resolve_hold(session, hold_id, amount_nano_usd, "post")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One onward transfer of a posted hold, from the hold's credit account to `credit`."""
+
+    transfer_id: str
+    credit: LedgerAccount
+    amount_nano_usd: int
+    code: str
+
+
+def post_hold_and_split(
+    session: Session, hold_id: str, posted_nano_usd: int, splits: Sequence[Split], *, reference: str | None = None
+) -> Balance:
+    """Post a hold and pass the posted amount on from the hold's credit account, in one pass.
+
+    Writes the same transfers, with the same ids and idempotency, as `post_hold` followed by one
+    `transfer` per split, but it inserts the transfer rows first and updates each account row
+    once, last: the accounts that every call shares (the clearing account, a busy buyer) then
+    stay locked only from those updates to the commit. The rows are updated in a fixed order
+    (the hold's debit account, its credit account, then the split accounts), the same order in
+    which `place_hold` and `transfer` lock them, so concurrent calls cannot deadlock.
+    Returns the balance of the hold's debit account afterwards.
+    """
+    hold = session.get(LedgerTransfer, hold_id)
+    if hold is None or not hold.is_pending:
+        raise LedgerError(f"hold {hold_id} does not exist")
+    assert 0 <= posted_nano_usd <= hold.amount_nano_usd, (
+        f"post of {posted_nano_usd} nano-USD exceeds hold {hold_id} of {hold.amount_nano_usd}"
+    )
+    assert sum(split.amount_nano_usd for split in splits) == posted_nano_usd, (
+        f"splits of hold {hold_id} pass on {sum(split.amount_nano_usd for split in splits)} nano-USD, not the posted {posted_nano_usd}"
+    )
+
+    resolution_id = f"{hold_id}:post"
+    split_ids = [split.transfer_id for split in splits]
+    existing = {
+        row.id: row
+        for row in session.scalars(
+            select(LedgerTransfer).where(or_(LedgerTransfer.pending_id == hold_id, LedgerTransfer.id.in_(split_ids)))
+        )
+    }
+    already = next((row for row in existing.values() if row.pending_id == hold_id), None)
+    if already is not None and not (already.id == resolution_id and already.amount_nano_usd == posted_nano_usd):
+        raise HoldAlreadyResolved(f"hold {hold_id} was already resolved by {already.code}")
+
+    new_rows: list[LedgerTransfer] = []
+    # Per account id: [debits_posted, debits_pending, credits_posted, credits_pending] deltas.
+    deltas: dict[int, list[int]] = {}
+
+    def add(account_id: int, index: int, amount: int) -> None:
+        deltas.setdefault(account_id, [0, 0, 0, 0])[index] += amount
+
+    if already is None:
+        # The pending_id column is unique: if a concurrent resolution wins the race, this insert
+        # fails and the transaction rolls back, so the balances below never move twice.
+        new_rows.append(
+            LedgerTransfer(
+                id=resolution_id,
+                debit_account_id=hold.debit_account_id,
+                credit_account_id=hold.credit_account_id,
+                amount_nano_usd=posted_nano_usd,
+                code="post",
+                pending_id=hold_id,
+            )
+        )
+        add(hold.debit_account_id, 1, -hold.amount_nano_usd)
+        add(hold.debit_account_id, 0, posted_nano_usd)
+        add(hold.credit_account_id, 3, -hold.amount_nano_usd)
+        add(hold.credit_account_id, 2, posted_nano_usd)
+    for split in splits:
+        assert split.credit.id != hold.credit_account_id, f"split {split.transfer_id} credits the account it debits"
+        found = existing.get(split.transfer_id)
+        if found is not None:
+            _check_same(found, hold.credit_account_id, split.credit.id, split.amount_nano_usd, split.code)
+            continue
+        new_rows.append(
+            LedgerTransfer(
+                id=split.transfer_id,
+                debit_account_id=hold.credit_account_id,
+                credit_account_id=split.credit.id,
+                amount_nano_usd=split.amount_nano_usd,
+                code=split.code,
+                reference=reference,
+            )
+        )
+        add(hold.credit_account_id, 0, split.amount_nano_usd)
+        add(split.credit.id, 2, split.amount_nano_usd)
+    session.add_all(new_rows)
+    session.flush()
+
+    balance: Balance | None = None
+    constrained = {hold.credit_account_id: _is_constrained(session, hold.credit_account_id)}
+    for account_id, (debits_posted, debits_pending, credits_posted, credits_pending) in deltas.items():
+        statement = (
+            update(LedgerAccount)
+            .where(LedgerAccount.id == account_id)
+            .values(
+                debits_posted_nano_usd=LedgerAccount.debits_posted_nano_usd + debits_posted,
+                debits_pending_nano_usd=LedgerAccount.debits_pending_nano_usd + debits_pending,
+                credits_posted_nano_usd=LedgerAccount.credits_posted_nano_usd + credits_posted,
+                credits_pending_nano_usd=LedgerAccount.credits_pending_nano_usd + credits_pending,
+            )
+            .returning(
+                LedgerAccount.credits_posted_nano_usd, LedgerAccount.debits_posted_nano_usd, LedgerAccount.debits_pending_nano_usd
+            )
+        )
+        if constrained.get(account_id) and debits_posted + debits_pending > 0:
+            # Only the hold's credit account pays splits out of its own posted credits.
+            statement = statement.where(
+                LedgerAccount.debits_posted_nano_usd + LedgerAccount.debits_pending_nano_usd + (debits_posted + debits_pending)
+                <= LedgerAccount.credits_posted_nano_usd
+            )
+        row = session.execute(statement.execution_options(synchronize_session=False)).one_or_none()
+        if row is None:
+            available = read_balance(session, account_id).available_nano_usd
+            raise InsufficientFunds(f"ledger account {account_id}", available, debits_posted + debits_pending)
+        if account_id == hold.debit_account_id:
+            balance = Balance(posted_nano_usd=row[0] - row[1], pending_debits_nano_usd=row[2])
+    return balance if balance is not None else read_balance(session, hold.debit_account_id)
+
+
+def _is_constrained(session: Session, account_id: int) -> bool:
+    account = session.get(LedgerAccount, account_id)
+    assert account is not None, f"ledger account {account_id} does not exist"
+    return account.debits_must_not_exceed_credits
 
 
 def void_hold(session: Session, hold_id: str) -> LedgerTransfer:

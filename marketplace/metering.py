@@ -65,8 +65,7 @@ def open_call(
         with db.transaction() as session:
             if period is not None:
                 spend.reserve(session, api_key_id, period, spend_limit_nano_usd, hold_nano_usd)
-            buyer = ledger.get_buyer_account(session, account_id)
-            clearing = ledger.get_or_create_account(session, ledger.USAGE_CLEARING, "usage_clearing")
+            buyer, clearing = _call_accounts(session, account_id)
             if attempt == 0:
                 session.add(
                     Generation(
@@ -152,13 +151,6 @@ def settle_call(
     with db.transaction() as session:
         generation = session.get(Generation, call.generation_id, with_for_update=True)
         assert generation is not None, f"generation {call.generation_id} was never opened"
-        ledger.post_hold(session, call.hold_id, charged)
-        clearing = ledger.get_or_create_account(session, ledger.USAGE_CLEARING, "usage_clearing")
-        supplier = ledger.get_or_create_account(session, ledger.supplier_account_name(supplier_id), "supplier_payable")
-        revenue = ledger.get_or_create_account(session, ledger.PLATFORM_REVENUE, "platform_revenue")
-        ledger.transfer(session, f"{call.generation_id}:supplier", clearing, supplier, charged - fee, "usage_supplier", reference=call.generation_id)
-        ledger.transfer(session, f"{call.generation_id}:fee", clearing, revenue, fee, "usage_fee", reference=call.generation_id)
-
         _release_spend(session, generation, charged)
         _record_usage(generation, usage)
         generation.cost_nano_usd = charged
@@ -166,9 +158,37 @@ def settle_call(
         generation.error = error
         generation.latency_ms = _elapsed_ms(call.started_at, finished_at)
         generation.finished_at = finished_at
-        balance = ledger.read_balance(session, ledger.get_buyer_account(session, generation.account_id).id)
+
+        # The ledger goes last, so the account rows that every call shares are locked only
+        # from their updates to the commit.
+        _, _, supplier, revenue = _call_accounts(session, generation.account_id, supplier_id)
+        splits = [
+            ledger.Split(f"{call.generation_id}:supplier", supplier, charged - fee, "usage_supplier"),
+            ledger.Split(f"{call.generation_id}:fee", revenue, fee, "usage_fee"),
+        ]
+        balance = ledger.post_hold_and_split(session, call.hold_id, charged, splits, reference=call.generation_id)
 
     return SettledCall(cost_nano_usd, charged, balance.available_nano_usd)
+
+
+def _call_accounts(session: Session, account_id: int, supplier_id: int | None = None) -> list[ledger.LedgerAccount]:
+    """The buyer and clearing accounts of a call, then the supplier and revenue accounts when
+    `supplier_id` is given, read in one query and created when missing."""
+    specs = [
+        (ledger.buyer_account_name(account_id), "buyer", account_id, True),
+        (ledger.USAGE_CLEARING, "usage_clearing", None, False),
+    ]
+    if supplier_id is not None:
+        specs += [
+            (ledger.supplier_account_name(supplier_id), "supplier_payable", None, False),
+            (ledger.PLATFORM_REVENUE, "platform_revenue", None, False),
+        ]
+    found = ledger.find_accounts(session, [name for name, *_ in specs])
+    return [
+        found.get(name)
+        or ledger.get_or_create_account(session, name, code, account_id=owner_id, debits_must_not_exceed_credits=constrained)
+        for name, code, owner_id, constrained in specs
+    ]
 
 
 def fail_call(db: Database, call: OpenedCall, *, error: str) -> None:

@@ -214,6 +214,7 @@ class LedgerTransfer(Base):
     __table_args__ = (
         CheckConstraint("amount_nano_usd >= 0", name="amount_nonnegative"),
         Index("ix_ledger_transfers_pending_open", "is_pending", "expires_at"),
+        Index("ix_ledger_transfers_created_at", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(160), primary_key=True)

@@ -1,4 +1,4 @@
-"""Supplier payouts in the ledger and the database; `chain/payouts.py` signs and sends them.
+"""Supplier payouts in the ledger and the database. `chain/payouts.py` signs and sends them.
 
 A payout moves a supplier's available earnings out in three balanced transfers at most:
 
@@ -14,6 +14,7 @@ Each function here flushes and never commits: the caller owns the transaction.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from sqlalchemy import func, select
@@ -53,8 +54,12 @@ def _lock(session: Session, ledger_account_id: int) -> None:
     session.execute(select(LedgerAccount.id).where(LedgerAccount.id == ledger_account_id).with_for_update())
 
 
-def payable_supplier_ids(session: Session, threshold_nano_usd: int) -> list[int]:
-    """Return suppliers whose available payable balance reaches the threshold and who have no open payout."""
+def payable_supplier_ids(session: Session, threshold_nano_usd: int, failure_cooldown_s: float = 0.0) -> list[int]:
+    """Return suppliers whose available payable balance reaches the threshold.
+
+    Suppliers with an open payout, or with a payout given up less than `failure_cooldown_s`
+    seconds ago, are left out.
+    """
     available = (
         LedgerAccount.credits_posted_nano_usd - LedgerAccount.debits_posted_nano_usd - LedgerAccount.debits_pending_nano_usd
     )
@@ -65,7 +70,15 @@ def payable_supplier_ids(session: Session, threshold_nano_usd: int) -> list[int]
     if not candidates:
         return []
     busy = set(session.scalars(select(Payout.supplier_id).where(Payout.status == "open", Payout.supplier_id.in_(candidates))))
-    return sorted(candidates - busy)
+    cooling_since = utcnow() - dt.timedelta(seconds=failure_cooldown_s)
+    cooling = set(
+        session.scalars(
+            select(Payout.supplier_id).where(
+                Payout.status == "failed", Payout.updated_at > cooling_since, Payout.supplier_id.in_(candidates)
+            )
+        )
+    )
+    return sorted(candidates - busy - cooling)
 
 
 def open_payout(

@@ -257,7 +257,11 @@ class MeteringProxy:
         max_completion = request.max_tokens or request.max_completion_tokens or listing.max_output_tokens or self.settings.default_max_output_tokens
         if listing.max_output_tokens is not None and max_completion > listing.max_output_tokens:
             raise InvalidRequest(f"max_tokens {max_completion} exceeds this model's limit of {listing.max_output_tokens}", param="max_tokens")
-        counted = await self._count_supplier_limits(listing, self._token_estimate(request, max_completion))
+        # Counting prompt tokens locally costs CPU on every call, so it runs only for a listing
+        # that limits tokens.
+        limits_tokens = listing.tokens_per_minute is not None or listing.tokens_per_day is not None
+        tokens = self._token_estimate(request, max_completion) if limits_tokens else 0
+        counted = await self._count_supplier_limits(listing, tokens)
         if counted is None:
             return None
         supplier_reservations, _ = counted

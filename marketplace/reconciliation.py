@@ -1,10 +1,10 @@
 """Reconciliation: the ledger against the chain, and the ledger against itself.
 
-For every configured chain the report compares, log by log, the deposit logs on-chain (up to
-the watcher's cursor) with the net of the ledger's credits and reversals for that log; checks
-every confirmed payout against its transaction receipt; and compares what the treasury and the
-vault hold of each token with what the ledger says they hold. Every difference is reported
-with its transfer id and amounts.
+For every configured chain, the report compares each deposit log on-chain, up to the watcher's
+cursor, with the net of the ledger's credits and reversals for that log. It checks every
+confirmed payout against its transaction receipt. It also compares the treasury's and the
+vault's balance of each token with the amount the ledger records for them. Every difference is
+reported with its transfer id and amounts.
 
 Alerts are facts that need an operator without being differences: a credited deposit that a
 reorganisation reversed (the confirmation depth was too shallow), a buyer who still owes part
@@ -69,7 +69,7 @@ class Alert:
 
 @dataclass
 class ReserveCheck:
-    """What the treasury and the vault hold of one token, against what the ledger says they hold."""
+    """The treasury's and the vault's balance of one token, against the amount the ledger records for them."""
 
     chain_id: int
     token_address: str
@@ -151,8 +151,8 @@ def _check_deposits(db: Database, chain: ChainSettings, w3: Web3, report: Reconc
         cursor = watcher.read_cursor(session)
         ledger_net = _ledger_net_deposits(session, chain.chain_id)
         unattributed = _rows_with_status(session, chain.chain_id, "unattributed")
-        # A credited deposit can sit above the cursor after the cursor went back for a
-        # reorganisation; the scan reaches it so that it is not reported missing.
+        # After the cursor went back for a reorganisation, a credited deposit can be above it.
+        # The scan reaches that deposit, so that it is not reported missing.
         highest_settled = session.scalar(
             select(func.max(Deposit.block_number)).where(
                 Deposit.chain_id == chain.chain_id, Deposit.status.in_(("credited", "unattributed"))
@@ -161,6 +161,7 @@ def _check_deposits(db: Database, chain: ChainSettings, w3: Web3, report: Reconc
     scan_to = max(cursor, highest_settled or -1)
     report.scanned_to_block[chain.chain_id] = scan_to
 
+    # NOTE: every run scans the chain's whole history again, so its cost grows with the chain.
     on_chain: dict[tuple[str, int], int] = {}
     if scan_to >= chain.start_block:
         for _window, logs in watcher.iter_deposit_logs(chain.start_block, scan_to):

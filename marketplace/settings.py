@@ -50,6 +50,7 @@ class ChainSettings(BaseModel):
     reorg_check_blocks: int = Field(default=256, ge=1)
     # The token that supplier payouts on this chain are paid in. None means the first token.
     payout_token_address: str | None = None
+    rpc_timeout_s: float = Field(default=30.0, gt=0)
 
     @field_validator("treasury_address")
     @classmethod
@@ -129,10 +130,13 @@ class Settings(BaseSettings):
     # A payout whose transactions reverted this many times is given up and its amount returned
     # to the supplier's payable balance.
     payout_max_attempts: int = Field(default=5, ge=1)
+    # A supplier whose payout was given up gets no new payout for this long.
+    payout_failure_cooldown_s: float = Field(default=3_600.0, ge=0)
     # An unmined payout transaction is replaced, with the same nonce and fees raised by
-    # payout_fee_bump_pct, after this long. Nodes accept a replacement only above a 10% raise.
+    # payout_fee_bump_pct, after this long. A node accepts a replacement only when both fees
+    # rise by its price bump: 10% in geth and Erigon, 12.5% in OpenEthereum.
     payout_replace_after_s: float = Field(default=180.0, ge=0)
-    payout_fee_bump_pct: int = Field(default=25, ge=11, le=1_000)
+    payout_fee_bump_pct: int = Field(default=25, ge=13, le=1_000)
 
     # Fernet key for supplier credentials at rest. Development mode derives a fixed key when unset.
     credential_key: str | None = None

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from web3 import Web3
-
 from marketplace import metering
 from marketplace.celery_app import celery_app
 from marketplace.db import get_database
@@ -16,8 +14,10 @@ logger = logging.getLogger(__name__)
 
 
 def _chain_connections() -> list:
+    from chain.rpc import connect
+
     settings = get_settings()
-    return [(chain, Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 30}))) for chain in settings.chains]
+    return [(chain, connect(chain)) for chain in settings.chains]
 
 
 @celery_app.task(name="tokenport.expire_holds")
@@ -55,7 +55,7 @@ def watch_deposits_task() -> list[dict]:
             logger.exception("deposit poll failed; the next run retries it: chain=%d", chain.chain_id)
             results.append({"chain_id": chain.chain_id, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        results.append({"chain_id": chain.chain_id, **asdict(result)})
+        results.append({"chain_id": chain.chain_id, **asdict(result), "windows": len(result.windows)})
     return results
 
 

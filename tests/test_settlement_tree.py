@@ -96,9 +96,9 @@ def sample_leaves() -> list[Leaf]:
             {
                 "payout_id": "payout-1",
                 "supplier_id": 1,
+                "debit_account": "clearing:payouts",
                 "chain_id": 31337,
                 "tx_hash": bytes(32),
-                "log_index": 3,
                 "block_number": 9,
                 "block_hash": bytes([1] * 32),
                 "token_address": ADDRESS_A,
@@ -269,7 +269,7 @@ def test_usage_rules_between_fields(changes: dict, message: str):
 
 
 def test_balance_account_must_be_buyer_or_supplier():
-    with pytest.raises(EncodingError, match="is not a buyer or supplier account"):
+    with pytest.raises(EncodingError, match="is not a liability account"):
         leaf_from_json("balance", {"account": "platform:revenue", "balance_nano_usd": "1"})
 
 
@@ -282,7 +282,7 @@ def test_leaf_line_with_bad_field_names_its_record():
     assert parsed.error is not None and parsed.error.startswith("balance_nano_usd")
 
 
-def test_leaf_line_with_extra_key_is_a_format_error():
+def test_leaf_line_extra_key_rejected():
     with pytest.raises(ExportFormatError, match="line 3: a leaf line must be an object"):
         parse_leaf_line(3, '{"type":"balance","index":"0","leaf_hash":"0x","fields":{},"note":"x"}')
 

@@ -51,14 +51,14 @@ def balance_proofs(period_id: int, account_id: int = Depends(require_session), d
 @router.get("/periods/{period_id}/proofs/records")
 def record_proofs(
     period_id: int,
-    type: str | None = Query(None, description="Only leaves of this type: usage, deposit, payout or adjustment."),
+    leaf_type: str | None = Query(None, alias="type", description="Only leaves of this type: usage, deposit, payout or adjustment."),
     after_index: int = Query(-1, description="Return leaves after this index; next_after_index of the previous page."),
     limit: int = Query(100, description="Proofs per page, 1 to 500."),
     account_id: int = Depends(require_session),
     db: Database = Depends(get_db),
 ) -> dict:
     with db.session() as session:
-        return audit.account_proofs_view(session, period_id, account_id, RECORDS_TREE, type, after_index, limit)
+        return audit.account_proofs_view(session, period_id, account_id, RECORDS_TREE, leaf_type, after_index, limit)
 
 
 @router.get("/reserves")

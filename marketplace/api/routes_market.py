@@ -10,7 +10,8 @@ from marketplace import ledger, listings
 from marketplace.api.deps import get_db, get_settings, require_session
 from marketplace.api.schemas import ListingBody, ListingUpdateBody, SupplierBody
 from marketplace.db import Database
-from marketplace.models import Generation, Listing
+from marketplace.models import Generation, Listing, Payout
+from marketplace.payouts import payout_view
 from marketplace.settings import Settings
 
 # Calls that produced output the supplier is paid for.
@@ -150,3 +151,12 @@ def read_earnings(account_id: int = Depends(require_session), db: Database = Dep
         "calls_served": sum(item["calls"] for item in per_listing),
         "listings": per_listing,
     }
+
+
+@router.get("/supplier/payouts")
+def list_payouts(account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
+    """The supplier's on-chain payouts, newest first, each with its status and transaction hash."""
+    with db.session() as session:
+        supplier = listings.supplier_for_account(session, account_id)
+        rows = session.scalars(select(Payout).where(Payout.supplier_id == supplier.id).order_by(Payout.id.desc()).limit(500))
+        return {"data": [payout_view(payout) for payout in rows]}

@@ -1,6 +1,8 @@
 """Settlement anchoring: each period's balances and records, committed on-chain as Merkle roots.
 
-The pure modules (encoding, leaves, tree, export, proof, chain_checks, verify) never import the
-database layer, so an auditor can run the verifier with only an export file and an RPC URL.
-`period` closes a period from the database and `proofs` serves stored proofs.
+The modules an auditor runs never import the database layer: `encoding`, `leaves`, `tree`,
+`export`, `proof`, `chain_checks`, `verify` and `report`. So the verifier needs only an export
+file and an RPC URL. `period` closes and commits a period from the ledger, `store` keeps its
+leaves and tree nodes for proofs and exports, and `audit` serves them to the API.
+docs/settlement.md documents the encodings and the export format.
 """

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def period_view(period: SettlementPeriod) -> dict:
-    """The public summary of a committed period. Amounts are nano-USD as integers."""
+    """Return the public summary of a committed period. Amounts are nano-USD as integers."""
     return {
         "period_id": period.period_id,
         "chain_id": period.chain_id,
@@ -94,7 +94,7 @@ def iter_export(db: Database, period_id: int) -> Iterator[str]:
 def account_proofs_view(
     session: Session, period_id: int, account_id: int, tree: str, kind: str | None, after_index: int, limit: int
 ) -> dict:
-    """The inclusion proofs of an account's leaves in one tree of a committed period."""
+    """Return the inclusion proofs of an account's leaves in one tree of a committed period."""
     if kind is not None and kind not in LEAF_KINDS:
         raise InvalidRequest(f"type must be one of {sorted(LEAF_KINDS)}, got {kind!r}", param="type")
     if not 1 <= limit <= store.MAX_PROOFS_PER_PAGE:
@@ -137,6 +137,12 @@ def reserves_view(session: Session, settings: Settings, period_id: int | None) -
         holdings.append(_Holding(source, reading.amount_units, reading.amount_nano_usd, block_number))
 
     total_reserves = sum(holding.amount_nano_usd for holding in holdings)
+    by_token: dict[tuple[int, str], dict] = {}
+    for holding in holdings:
+        key = (holding.source.chain_id, holding.source.token_address)
+        entry = by_token.setdefault(key, {"chain_id": key[0], "token_address": key[1], "amount_units": 0, "amount_nano_usd": 0})
+        entry["amount_units"] += holding.amount_units
+        entry["amount_nano_usd"] += holding.amount_nano_usd
     return {
         "period_id": period.period_id,
         "liabilities": {
@@ -157,6 +163,7 @@ def reserves_view(session: Session, settings: Settings, period_id: int | None) -
             }
             for holding in holdings
         ],
+        "reserves_by_token": [{**entry, "amount_units": str(entry["amount_units"])} for entry in by_token.values()],
         "total_reserves_nano_usd": total_reserves,
         "covered": total_reserves >= period.total_liabilities_nano_usd,
         "surplus_nano_usd": total_reserves - period.total_liabilities_nano_usd,

@@ -1,9 +1,10 @@
 """Checks of settlement records against the chain, through plain JSON-RPC reads.
 
-A deposit or payout leaf names one log: (chain id, transaction hash, log index). The check reads
-the transaction's receipt and the block, and compares every field of the leaf with the log:
-the contract that emitted it, the token, sender, recipient and amount, the block number and
-hash, the receipt's success, and the confirmation depth. Reserves are ERC-20 ``balanceOf``
+A deposit leaf names one log: (chain id, transaction hash, log index). A payout leaf names one
+transaction, which must emit exactly one ERC-20 Transfer of its token from the reserve holder
+to the supplier. The check reads the receipt and the block. It compares every field of the leaf
+with the log (the contract that emitted it, the token, sender, recipient and amount), and checks
+the block number and hash, the receipt's success and the confirmation depth. Reserves are ERC-20 ``balanceOf``
 calls at a chosen block.
 
 This module must not import the database layer, because the verifier uses it.
@@ -92,15 +93,19 @@ def _find_log(receipt: Any, log_index: int) -> Any | None:
     return None
 
 
-def _compare_log(leaf: Leaf, log: Any) -> list[str]:
-    """Compare the emitter, topics and data of a deposit or payout log with the leaf."""
+def _log_parts(log: Any) -> tuple[str, list[bytes], int | None]:
+    data = bytes(log["data"])
+    amount = int.from_bytes(data, "big") if len(data) == 32 else None
+    return Web3.to_checksum_address(log["address"]), [bytes(topic) for topic in log["topics"]], amount
+
+
+def _compare_deposit_log(leaf: Leaf, log: Any) -> list[str]:
+    """Compare the emitter, topics and data of a deposit's log with the leaf."""
     values = leaf.values
-    topics = [bytes(topic) for topic in log["topics"]]
-    emitter = Web3.to_checksum_address(log["address"])
-    amount = int.from_bytes(bytes(log["data"]), "big") if len(bytes(log["data"])) == 32 else None
+    emitter, topics, amount = _log_parts(log)
     problems = []
 
-    if topics and topics[0] == VAULT_DEPOSITED_TOPIC and leaf.kind is DEPOSIT:
+    if topics and topics[0] == VAULT_DEPOSITED_TOPIC:
         # A vault deposit: the vault emits it, the token and the payer are topics, and the
         # account reference is the account id as a 32-byte big-endian integer.
         if len(topics) != 4:
@@ -128,6 +133,25 @@ def _compare_log(leaf: Leaf, log: Any) -> list[str]:
     if amount != values["amount_units"]:
         problems.append(f"the log moves {amount} units, the record says {values['amount_units']}")
     return problems
+
+
+def _check_payout_logs(leaf: Leaf, receipt: Any) -> list[str]:
+    """A payout's transaction must emit exactly one matching ERC-20 Transfer of the token."""
+    values = leaf.values
+    expected = [TRANSFER_TOPIC, address_topic(values["from_address"]), address_topic(values["to_address"])]
+    transfers = []
+    for log in receipt["logs"]:
+        emitter, topics, amount = _log_parts(log)
+        if emitter == values["token_address"] and topics == expected:
+            transfers.append(amount)
+    if len(transfers) != 1:
+        return [
+            f"the transaction has {len(transfers)} Transfers of {values['token_address']} from "
+            f"{values['from_address']} to {values['to_address']}, expected exactly 1"
+        ]
+    if transfers[0] != values["amount_units"]:
+        return [f"the Transfer moves {transfers[0]} units, the record says {values['amount_units']}"]
+    return []
 
 
 def check_transfer_record(
@@ -168,10 +192,13 @@ def check_transfer_record(
     if depth < confirmations:
         problems.append(f"the transaction has {depth} confirmations, fewer than the {confirmations} required")
 
-    log = _find_log(receipt, values["log_index"])
-    if log is None:
-        return [*problems, f"the transaction has no log with index {values['log_index']}"]
-    problems.extend(_compare_log(leaf, log))
+    if leaf.kind is DEPOSIT:
+        log = _find_log(receipt, values["log_index"])
+        if log is None:
+            return [*problems, f"the transaction has no log with index {values['log_index']}"]
+        problems.extend(_compare_deposit_log(leaf, log))
+    else:
+        problems.extend(_check_payout_logs(leaf, receipt))
 
     problems.extend(_check_amount(clients, leaf))
     return problems

@@ -16,7 +16,7 @@ from web3 import Web3
 class SettlementSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOKENPORT_SETTLEMENT_")
 
-    # The chain that holds the SettlementRegistry; unset means the first configured chain.
+    # The chain of the SettlementRegistry. Unset means the first configured chain.
     chain_id: int | None = Field(default=None, gt=0)
     registry_address: str | None = None
     # Private key of the registry's operator, which alone may commit periods. Never logged.
@@ -28,10 +28,10 @@ class SettlementSettings(BaseSettings):
     close_delay_s: int = Field(default=300, ge=0)
     # Directory for export files (period-00000001.jsonl); unset means the API serves them only.
     export_dir: str | None = None
-    # Addresses that hold reserves besides each chain's treasury, such as TopUpVault
-    # deployments, by chain id: {"8453": ["0x…"]}.
+    # Addresses that hold reserves besides each chain's treasury and vault_address, by chain
+    # id: {"8453": ["0x…"]}.
     vault_addresses: dict[int, list[str]] = Field(default_factory=dict)
-    # How often Celery beat asks whether a period is due; closing one takes a single run.
+    # How often Celery beat checks whether a period is due. Closing one takes a single run.
     check_interval_s: float = Field(default=60.0, gt=0)
     # Bound on the rows the closer reads or writes per database round trip.
     batch_size: int = Field(default=1_000, gt=0)

@@ -81,7 +81,10 @@ class AbiType(enum.Enum):
     @property
     def bits(self) -> int:
         assert self.value.startswith("uint"), f"{self.value} is not an unsigned integer type"
-        return int(self.value.removeprefix("uint"))
+        return _UINT_BITS[self]
+
+
+_UINT_BITS = {kind: int(kind.value.removeprefix("uint")) for kind in AbiType if kind.value.startswith("uint")}
 
 
 def check_uint(name: str, value: Any, bits: int) -> int:
@@ -233,21 +236,37 @@ def value_to_json(abi_type: AbiType, value: Any) -> Any:
     return uint_to_json(value)
 
 
-def value_from_json(field: AbiField, raw: Any) -> Any:
-    """Parse and range-check the JSON form of one field."""
+def json_parser(field: AbiField) -> Callable[[Any], Any]:
+    """Return a function that parses and range-checks the JSON form of ``field``."""
+    name = field.name
     kind = field.abi_type
     if kind is AbiType.BYTES32:
-        return bytes32_from_json(field.name, raw)
+        return lambda raw: bytes32_from_json(name, raw)
     if kind is AbiType.BOOL:
-        if not isinstance(raw, bool):
-            raise EncodingError(f"{field.name}: expected true or false, got {raw!r}")
-        return raw
+        return lambda raw: _bool_from_json(name, raw)
     if kind is AbiType.ADDRESS:
-        return check_address(field.name, raw)
+        return lambda raw: check_address(name, raw)
     if kind is AbiType.STRING:
-        check_string(field.name, raw, field.max_bytes)
-        return raw
-    return uint_from_json(field.name, raw, kind.bits)
+        max_bytes = field.max_bytes
+        return lambda raw: _string_from_json(name, raw, max_bytes)
+    bits = kind.bits
+    return lambda raw: uint_from_json(name, raw, bits)
+
+
+def _bool_from_json(name: str, raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise EncodingError(f"{name}: expected true or false, got {raw!r}")
+    return raw
+
+
+def _string_from_json(name: str, raw: Any, max_bytes: int) -> str:
+    check_string(name, raw, max_bytes)
+    return raw
+
+
+def value_from_json(field: AbiField, raw: Any) -> Any:
+    """Parse and range-check the JSON form of one field."""
+    return json_parser(field)(raw)
 
 
 def hex_to_bytes32(name: str, text: str) -> bytes:

@@ -147,8 +147,9 @@ _HEADER_ROOTS = ("previous_ledger_root", "ledger_root", "balances_root", "record
 class ExportHeader:
     """The header line: the period, its roots and totals, and where its reserves are held.
 
-    ``commit_transaction_hash`` and ``commit_block_number`` say where the operator committed the
-    period. They are informational: the verifier reads the commitment from the registry itself.
+    ``commit_transaction_hash`` and ``commit_block_number`` record where the operator committed
+    the period. They are informational, because the verifier reads the commitment from the
+    registry itself.
     """
 
     chain_id: int
@@ -307,7 +308,7 @@ def export_lines(
 
 @dataclass
 class LeafLine:
-    """One parsed leaf line. ``leaf`` is None when its fields failed to parse; ``error`` says why.
+    """One parsed leaf line. ``leaf`` is None when its fields failed to parse, and ``error`` gives the reason.
 
     ``record`` names the record for reports even when its fields are invalid, as far as the
     line allows.

@@ -15,6 +15,7 @@ This module must not import the database layer, because the verifier uses it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,15 +25,19 @@ from marketplace.settlement.encoding import (
     EncodingError,
     TupleEncoder,
     domain_tag,
+    json_parser,
     keccak256,
-    value_from_json,
     value_to_json,
 )
 
 MICROSECONDS_PER_SECOND = 1_000_000
 NANO_USD_DECIMALS = 9
 
-_LIABILITY_ACCOUNT = re.compile(r"^(buyer|supplier):([1-9][0-9]{0,18})$")
+# Liability accounts, whose balances the platform owes: each buyer's balance, each supplier's
+# payable earnings, and the payouts reserved from suppliers but not yet confirmed on-chain.
+PAYOUTS_IN_FLIGHT = "clearing:payouts"
+_LIABILITY_ACCOUNT = re.compile(r"^(?:(buyer|supplier):([1-9][0-9]{0,18})|(clearing):(payouts))$")
+_LIABILITY_RANK = {"buyer": 0, "supplier": 1, "clearing": 2}
 
 # Usage records whose generation produced nothing must cost nothing.
 UNCHARGED_USAGE_STATUSES = frozenset({"failed", "expired"})
@@ -76,11 +81,20 @@ class LeafKind:
     def field_names(self) -> list[str]:
         return [field.name for field in self.fields]
 
+    @property
+    def names(self) -> frozenset[str]:
+        return _NAMES[self.name]
+
+    @property
+    def parsers(self) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+        return _PARSERS[self.name]
+
 
 BALANCE = LeafKind(
     "balance",
     (
-        # A ledger account name, "buyer:<account id>" or "supplier:<supplier id>".
+        # A ledger account name: "buyer:<account id>", "supplier:<supplier id>" or
+        # "clearing:payouts".
         _string("account", 40),
         _uint("balance_nano_usd", 128),
     ),
@@ -134,14 +148,17 @@ DEPOSIT = LeafKind(
     ),
 )
 
+# A payout is identified by its transaction, which moves the token once from a reserve holder
+# to the supplier's payout address.
 PAYOUT = LeafKind(
     "payout",
     (
         _string("payout_id", 160),
         _uint("supplier_id", 64),
+        # The liability account that the confirmed payout debits, such as "clearing:payouts".
+        _string("debit_account", 40),
         _uint("chain_id", 64),
         _bytes32("tx_hash"),
-        _uint("log_index", 64),
         _uint("block_number", 64),
         _bytes32("block_hash"),
         _address("token_address"),
@@ -174,6 +191,8 @@ BALANCE_KINDS = (BALANCE,)
 RECORD_KINDS = (USAGE, DEPOSIT, PAYOUT, ADJUSTMENT)
 LEAF_KINDS = {kind.name: kind for kind in (*BALANCE_KINDS, *RECORD_KINDS)}
 _ENCODERS = {name: TupleEncoder(domain_tag(name), kind.fields) for name, kind in LEAF_KINDS.items()}
+_NAMES = {name: frozenset(kind.field_names()) for name, kind in LEAF_KINDS.items()}
+_PARSERS = {name: tuple((field.name, json_parser(field)) for field in kind.fields) for name, kind in LEAF_KINDS.items()}
 _RECORD_RANK = {kind.name: rank for rank, kind in enumerate(RECORD_KINDS)}
 
 
@@ -213,25 +232,29 @@ def leaf_from_json(kind_name: str, data: dict[str, Any]) -> Leaf:
     kind = LEAF_KINDS.get(kind_name)
     if kind is None:
         raise EncodingError(f"type: unknown leaf type {kind_name!r}; expected one of {sorted(LEAF_KINDS)}")
-    expected = set(kind.field_names())
-    extra = sorted(set(data) - expected)
+    extra = sorted(set(data) - kind.names)
     if extra:
         raise EncodingError(f"{extra[0]}: not a field of a {kind_name} leaf")
     values = {}
-    for field in kind.fields:
-        if field.name not in data:
-            raise EncodingError(f"{field.name}: missing")
-        values[field.name] = value_from_json(field, data[field.name])
+    for name, parse in kind.parsers:
+        if name not in data:
+            raise EncodingError(f"{name}: missing")
+        values[name] = parse(data[name])
     leaf = Leaf(kind, values)
     check_leaf_rules(leaf)
     return leaf
 
 
 def parse_liability_account(name: str) -> tuple[str, int]:
-    """Split ``buyer:12`` into ("buyer", 12). Raises EncodingError for any other account name."""
+    """Split ``buyer:12`` into ("buyer", 12), and "clearing:payouts" into ("clearing", 0).
+
+    Raises EncodingError for any account that is not a liability.
+    """
     match = _LIABILITY_ACCOUNT.match(name)
     if match is None:
-        raise EncodingError(f"account: {name!r} is not a buyer or supplier account (buyer:<id> or supplier:<id>)")
+        raise EncodingError(f"account: {name!r} is not a liability account (buyer:<id>, supplier:<id> or {PAYOUTS_IN_FLIGHT})")
+    if match.group(3):
+        return "clearing", 0
     return match.group(1), int(match.group(2))
 
 
@@ -244,6 +267,8 @@ def check_leaf_rules(leaf: Leaf) -> None:
     values = leaf.values
     if leaf.kind is BALANCE:
         parse_liability_account(values["account"])
+    elif leaf.kind is PAYOUT:
+        parse_liability_account(values["debit_account"])
     elif leaf.kind is USAGE:
         if values["supplier_credit_nano_usd"] + values["platform_fee_nano_usd"] != values["cost_nano_usd"]:
             raise EncodingError(
@@ -264,7 +289,7 @@ def check_leaf_rules(leaf: Leaf) -> None:
         if values["debit_account"] == values["credit_account"]:
             raise EncodingError(f"credit_account: the transfer debits and credits {values['debit_account']}")
         if not (is_liability_account(values["debit_account"]) or is_liability_account(values["credit_account"])):
-            raise EncodingError("debit_account: an adjustment must touch a buyer or supplier account")
+            raise EncodingError("debit_account: an adjustment must touch a liability account")
 
 
 def record_changes(leaf: Leaf) -> list[tuple[str, int]]:
@@ -283,7 +308,7 @@ def record_changes(leaf: Leaf) -> list[tuple[str, int]]:
     if leaf.kind is DEPOSIT:
         return [(f"buyer:{values['account_id']}", values["amount_nano_usd"])]
     if leaf.kind is PAYOUT:
-        return [(f"supplier:{values['supplier_id']}", -values["amount_nano_usd"])]
+        return [(values["debit_account"], -values["amount_nano_usd"])]
     if leaf.kind is ADJUSTMENT:
         changes = []
         if is_liability_account(values["debit_account"]):
@@ -295,7 +320,7 @@ def record_changes(leaf: Leaf) -> list[tuple[str, int]]:
 
 
 def record_key(leaf: Leaf) -> str:
-    """The identity of a leaf within its tree, unique per period."""
+    """Return the identity of a leaf within its tree, unique per period."""
     values = leaf.values
     if leaf.kind is BALANCE:
         return values["account"]
@@ -309,17 +334,20 @@ def record_key(leaf: Leaf) -> str:
 
 
 def balance_sort_key(leaf: Leaf) -> tuple[int, int]:
-    """Canonical order of balance leaves: buyers by account id, then suppliers by supplier id."""
+    """Canonical order of balance leaves: buyers by account id, suppliers by supplier id, then
+    the payouts in flight."""
     kind, owner_id = parse_liability_account(leaf.values["account"])
-    return (0 if kind == "buyer" else 1, owner_id)
+    return (_LIABILITY_RANK[kind], owner_id)
 
 
 def record_sort_key(leaf: Leaf) -> tuple[Any, ...]:
     """Canonical order of record leaves: by kind (usage, deposit, payout, adjustment), then key."""
     values = leaf.values
     rank = _RECORD_RANK[leaf.kind.name]
-    if leaf.kind in (DEPOSIT, PAYOUT):
-        return (rank, values["chain_id"], values["tx_hash"], values["log_index"], record_key(leaf))
+    if leaf.kind is DEPOSIT:
+        return (rank, values["chain_id"], values["tx_hash"], values["log_index"])
+    if leaf.kind is PAYOUT:
+        return (rank, values["chain_id"], values["tx_hash"], record_key(leaf).encode("utf-8"))
     return (rank, record_key(leaf).encode("utf-8"))
 
 
@@ -346,5 +374,5 @@ def units_to_nano_usd_credit(amount_units: int, decimals: int) -> int:
 
 
 def nano_usd_per_unit(decimals: int) -> int:
-    """The nano-USD value of one base unit of a token, at least 1."""
+    """Return the nano-USD value of one base unit of a token, at least 1."""
     return 10 ** max(NANO_USD_DECIMALS - decimals, 0)

@@ -7,10 +7,11 @@ belongs to the period that contains its ledger time:
   or expire). The supplier credit and the platform fee of the call, written in the same database
   transaction a few microseconds later, go with it even if they fall past the period's end;
 - a deposit: the time of its credit transfer;
-- a payout: the time of its debit transfer;
+- a payout: the time of the transfer that confirmed it, which debits "clearing:payouts" (the
+  supplier's payable was moved there when the payout was reserved, an adjustment);
 - an adjustment: any other posted transfer that moves a buyer or supplier balance.
 
-The closing balance of each buyer and supplier account is its opening balance (the previous
+The closing balance of each liability account (buyers, suppliers, payouts in flight) is its opening balance (the previous
 period's balance leaf) plus the changes of the period's records. Before anything is stored, the
 closer checks those balances against the live ledger, so the committed balances are the ledger's
 and not only consistent with the records.
@@ -25,7 +26,7 @@ import hashlib
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from marketplace.models import (
     LedgerAccount,
     LedgerTransfer,
     Listing,
+    Payout,
     SettlementPeriod,
     Supplier,
 )
@@ -58,6 +60,7 @@ from marketplace.settlement.leaves import (
     ADJUSTMENT,
     BALANCE,
     DEPOSIT,
+    PAYOUT,
     USAGE,
     Leaf,
     balance_sort_key,
@@ -72,7 +75,9 @@ logger = logging.getLogger(__name__)
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ONE_MICROSECOND = dt.timedelta(microseconds=1)
-LIABILITY_CODES = ("buyer", "supplier_payable")
+# Ledger account codes of what the platform owes: buyer balances, supplier earnings, and
+# payouts reserved from suppliers but not yet confirmed on-chain ("clearing:payouts").
+LIABILITY_CODES = ("buyer", "supplier_payable", "payout_clearing")
 HOLD_RESOLUTION_CODES = ("post", "void", "expire")
 USAGE_SPLIT_CODES = ("usage_supplier", "usage_fee")
 # Serializes closers on PostgreSQL. SQLite's BEGIN IMMEDIATE already does.
@@ -81,7 +86,7 @@ MAX_LISTED_DIFFERENCES = 10
 
 
 class SettlementError(RuntimeError):
-    """A period cannot be closed or committed as it stands; nothing was committed on-chain."""
+    """A period cannot be closed or committed in its current state, and nothing was committed on-chain."""
 
 
 def to_microseconds(moment: dt.datetime) -> int:
@@ -91,18 +96,6 @@ def to_microseconds(moment: dt.datetime) -> int:
 
 def from_unix_seconds(seconds: int) -> dt.datetime:
     return EPOCH + dt.timedelta(seconds=seconds)
-
-
-# A payout reader returns the period's payout leaves, each with the id of the ledger transfer
-# that debited the supplier, so that transfer is not listed again as an adjustment.
-PayoutReader = Callable[[Session, dt.datetime, dt.datetime], list[tuple[Leaf, str]]]
-
-
-def read_no_payouts(session: Session, start: dt.datetime, end: dt.datetime) -> list[tuple[Leaf, str]]:
-    # TODO: read payout leaves from the payout records once they exist. Until then a ledger
-    # transfer that pays a supplier out is committed as an adjustment, which the verifier
-    # replays but cannot check against the chain.
-    return []
 
 
 @dataclass(frozen=True)
@@ -157,11 +150,11 @@ class BuiltPeriod:
 
 
 def reserve_sources_for(chains: Iterable[ChainSettings], vault_addresses: dict[int, list[str]]) -> tuple[ReserveSource, ...]:
-    """Every (chain, token, holder) whose balance backs liabilities: each chain's treasury and
-    vaults, for each of its configured tokens."""
+    """Return every (chain, token, holder) whose balance backs liabilities: each chain's
+    treasury and vaults, for each of its configured tokens."""
     sources = []
     for chain in chains:
-        holders = [chain.treasury_address, *vault_addresses.get(chain.chain_id, [])]
+        holders = [chain.treasury_address, *([chain.vault_address] if chain.vault_address else []), *vault_addresses.get(chain.chain_id, [])]
         for token in chain.tokens:
             for holder in dict.fromkeys(holders):
                 sources.append(ReserveSource(chain.chain_id, chain.confirmations, token.address, token.decimals, holder))
@@ -261,7 +254,10 @@ def _read_deposits(session: Session, start: dt.datetime, end: dt.datetime, chain
                 "which is not configured; add it to TOKENPORT_CHAINS to close the period"
             )
         if amount != deposit.amount_nano_usd or deposit.account_id is None:
-            raise SettlementError(f"deposit {transfer_id} credited {amount} nano-USD but its deposit row says {deposit.amount_nano_usd}")
+            raise SettlementError(
+                f"deposit {transfer_id} credited {amount} nano-USD, but its deposit record has {deposit.amount_nano_usd} "
+                f"for account {deposit.account_id}; reconcile the deposit before closing the period"
+            )
         values = {
             "chain_id": deposit.chain_id,
             "tx_hash": hex_to_bytes32("tx_hash", deposit.tx_hash),
@@ -278,6 +274,50 @@ def _read_deposits(session: Session, start: dt.datetime, end: dt.datetime, chain
             "credited_at_us": to_microseconds(credited_at),
         }
         records.leaves.append(Leaf(DEPOSIT, values))
+        records.covered_transfer_ids.add(transfer_id)
+    return records
+
+
+def _read_payouts(session: Session, start: dt.datetime, end: dt.datetime, chains: dict[int, ChainSettings]) -> _Records:
+    debit = aliased(LedgerAccount)
+    rows = session.execute(
+        select(LedgerTransfer.id, LedgerTransfer.amount_nano_usd, LedgerTransfer.created_at, debit.name, Payout)
+        .join(Payout, Payout.transfer_id == LedgerTransfer.id)
+        .join(debit, debit.id == LedgerTransfer.debit_account_id)
+        .where(LedgerTransfer.code == "payout", LedgerTransfer.created_at >= start, LedgerTransfer.created_at < end)
+    )
+    records = _Records([], set())
+    for transfer_id, amount, paid_at, debit_name, payout in rows:
+        chain = chains.get(payout.chain_id)
+        token = chain.token_by_address(payout.token_address) if chain is not None else None
+        if chain is None or token is None:
+            raise SettlementError(
+                f"payout {payout.id} is in token {payout.token_address} on chain {payout.chain_id}, "
+                "which is not configured; add it to TOKENPORT_CHAINS to close the period"
+            )
+        if amount != payout.amount_nano_usd or payout.tx_hash is None or payout.block_hash is None:
+            raise SettlementError(
+                f"payout {payout.id} debited {amount} nano-USD, but its payout record has {payout.amount_nano_usd} "
+                f"and transaction {payout.tx_hash}; reconcile the payout before closing the period"
+            )
+        values = {
+            "payout_id": str(payout.id),
+            "supplier_id": payout.supplier_id,
+            "debit_account": debit_name,
+            "chain_id": payout.chain_id,
+            "tx_hash": hex_to_bytes32("tx_hash", payout.tx_hash),
+            "block_number": payout.block_number,
+            "block_hash": hex_to_bytes32("block_hash", payout.block_hash),
+            "token_address": Web3.to_checksum_address(payout.token_address),
+            "token_decimals": token.decimals,
+            # Payouts are signed by the chain's treasury key (chain/payouts.py).
+            "from_address": chain.treasury_address,
+            "to_address": Web3.to_checksum_address(payout.to_address),
+            "amount_units": int(payout.amount_units),
+            "amount_nano_usd": amount,
+            "paid_at_us": to_microseconds(paid_at),
+        }
+        records.leaves.append(Leaf(PAYOUT, values))
         records.covered_transfer_ids.add(transfer_id)
     return records
 
@@ -300,7 +340,7 @@ def _liability_transfers(session: Session, *conditions):  # type: ignore[no-unty
 
 
 def _resolution_times(session: Session, generation_ids: set[str]) -> dict[str, dt.datetime]:
-    """The ledger time of each generation's hold resolution, which decides its usage period."""
+    """Return the ledger time of each generation's hold resolution, which decides its period."""
     times: dict[str, dt.datetime] = {}
     ids = sorted(generation_ids)
     for offset in range(0, len(ids), 500):
@@ -328,9 +368,7 @@ def _read_adjustments(session: Session, start: dt.datetime, end: dt.datetime, co
     for transfer, debit_name, credit_name in candidates:
         if transfer.code in USAGE_SPLIT_CODES and transfer.reference in settled and settled[transfer.reference] < start:
             continue
-        logger.warning(
-            "ledger transfer %s (%s, %d nano-USD) is committed as an adjustment", transfer.id, transfer.code, transfer.amount_nano_usd
-        )
+        logger.debug("ledger transfer %s (%s, %d nano-USD) is committed as an adjustment", transfer.id, transfer.code, transfer.amount_nano_usd)
         values = {
             "transfer_id": transfer.id,
             "code": transfer.code,
@@ -360,8 +398,8 @@ def _closing_balances(opening: dict[str, int], records: Iterable[Leaf]) -> dict[
 def _check_against_ledger(session: Session, closing: dict[str, int], end: dt.datetime) -> None:
     """Check the closing balances against the live ledger minus what was posted after ``end``.
 
-    A difference means that a movement of a buyer or supplier balance is missing from the
-    records, or was counted twice; the period must not be committed then.
+    A difference means that a movement of a liability balance is missing from the records or
+    was counted twice. Then the period must not be committed.
     """
     live = {
         name: int(balance)
@@ -394,10 +432,10 @@ def _check_against_ledger(session: Session, closing: dict[str, int], end: dt.dat
 
 def _first_items(mapping: dict) -> str:
     items = sorted(mapping.items())
-    shown = ", ".join(f"{key}: {value}" for key, value in items[:MAX_LISTED_DIFFERENCES])
+    listed = ", ".join(f"{key}: {value}" for key, value in items[:MAX_LISTED_DIFFERENCES])
     if len(items) > MAX_LISTED_DIFFERENCES:
-        shown += f" and {len(items) - MAX_LISTED_DIFFERENCES} more"
-    return shown
+        listed += f" and {len(items) - MAX_LISTED_DIFFERENCES} more"
+    return listed
 
 
 # --- building ----------------------------------------------------------------------------------
@@ -411,7 +449,6 @@ def build_period(
     registry_address: str,
     chains: list[ChainSettings],
     vault_addresses: dict[int, list[str]] | None = None,
-    payout_reader: PayoutReader = read_no_payouts,
     batch_size: int = 1_000,
 ) -> BuiltPeriod:
     """Collect the period's records and balances from the ledger and build both trees.
@@ -421,12 +458,13 @@ def build_period(
     start = from_unix_seconds(bounds.from_timestamp)
     end = from_unix_seconds(bounds.to_timestamp)
 
+    chains_by_id = {chain.chain_id: chain for chain in chains}
     usage = _read_usage(session, start, end, batch_size)
-    deposits = _read_deposits(session, start, end, {chain.chain_id: chain for chain in chains})
-    payouts = payout_reader(session, start, end)
-    covered = usage.covered_transfer_ids | deposits.covered_transfer_ids | {transfer_id for _, transfer_id in payouts}
+    deposits = _read_deposits(session, start, end, chains_by_id)
+    payouts = _read_payouts(session, start, end, chains_by_id)
+    covered = usage.covered_transfer_ids | deposits.covered_transfer_ids | payouts.covered_transfer_ids
     adjustments = _read_adjustments(session, start, end, covered)
-    records = sorted([*usage.leaves, *deposits.leaves, *(leaf for leaf, _ in payouts), *adjustments], key=record_sort_key)
+    records = sorted([*usage.leaves, *deposits.leaves, *payouts.leaves, *adjustments], key=record_sort_key)
 
     previous = session.get(SettlementPeriod, bounds.period_id - 1) if bounds.period_id > 1 else None
     opening = store.read_balances(session, previous.period_id) if previous is not None else {}
@@ -453,24 +491,29 @@ def build_period(
         supplier_liabilities_nano_usd=balance_tree.total - buyer_liabilities,
         total_usage_nano_usd=sum(leaf.values["cost_nano_usd"] for leaf in usage.leaves),
         total_deposits_nano_usd=sum(leaf.values["amount_nano_usd"] for leaf in deposits.leaves),
-        total_payouts_nano_usd=sum(leaf.values["amount_nano_usd"] for leaf, _ in payouts),
+        total_payouts_nano_usd=sum(leaf.values["amount_nano_usd"] for leaf in payouts.leaves),
     )
 
 
 def _owners(session: Session, balances: list[Leaf], records: list[Leaf]) -> dict[tuple[str, int], int | None]:
-    """The account that may read each leaf's proof, keyed by (tree, leaf index)."""
+    """Return the account that may read each leaf's proof, keyed by (tree, leaf index)."""
     supplier_accounts = dict(session.execute(select(Supplier.id, Supplier.account_id)).all())
 
     def owner_of(account_name: str) -> int | None:
         if not is_liability_account(account_name):
             return None
         kind, owner_id = parse_liability_account(account_name)
-        return owner_id if kind == "buyer" else supplier_accounts.get(owner_id)
+        if kind == "buyer":
+            return owner_id
+        return supplier_accounts.get(owner_id) if kind == "supplier" else None
 
     owners: dict[tuple[str, int], int | None] = {}
     for index, leaf in enumerate(balances):
         owners[(store.BALANCES_TREE, index)] = owner_of(leaf.values["account"])
     for index, leaf in enumerate(records):
+        if leaf.kind is PAYOUT:
+            owners[(store.RECORDS_TREE, index)] = owner_of(f"supplier:{leaf.values['supplier_id']}")
+            continue
         changes = record_changes(leaf)
         owners[(store.RECORDS_TREE, index)] = owner_of(changes[0][0]) if changes else None
     return owners
@@ -481,7 +524,7 @@ def _owners(session: Session, balances: list[Leaf], records: list[Leaf]) -> dict
 
 @dataclass
 class SettlementAnchor:
-    """Where periods are committed: a SettlementRegistry on one chain, and its operator."""
+    """The SettlementRegistry that periods are committed to, on one chain, and its operator."""
 
     w3: Web3
     registry: Contract
@@ -493,10 +536,10 @@ class SettlementAnchor:
 
 
 def next_bounds(last: SettlementPeriod | None, now: dt.datetime, period_s: int, close_delay_s: int, to_timestamp: int | None = None) -> PeriodBounds | None:
-    """The bounds of the next period to close, or None when none has ended ``close_delay_s`` ago.
+    """Return the bounds of the next period to close, or None when none ended ``close_delay_s`` ago.
 
     Without ``to_timestamp``, the period ends at the last multiple of ``period_s`` that lies at
-    least ``close_delay_s`` before ``now``; a platform that was down closes one longer period.
+    least ``close_delay_s`` before ``now``. So a platform that was down closes one longer period.
     """
     from_timestamp = last.to_timestamp if last is not None else 0
     if to_timestamp is None:
@@ -507,11 +550,18 @@ def next_bounds(last: SettlementPeriod | None, now: dt.datetime, period_s: int, 
     return PeriodBounds((last.period_id + 1) if last is not None else 1, from_timestamp, to_timestamp)
 
 
-def _begin_closing(session: Session) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        # One snapshot for every read of the build, and one closer at a time.
-        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SETTLEMENT_LOCK_KEY})
+def _begin_closing(session: Session) -> bool:
+    """Start the closing transaction. Returns False when another closer is running.
+
+    On PostgreSQL every read of the build uses one snapshot, and an advisory lock lets one closer
+    run at a time. The lock is tried with pg_try_advisory_xact_lock and not waited for, because a
+    waiting closer would keep its snapshot from before the other one committed. SQLite's BEGIN
+    IMMEDIATE serializes closers.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SETTLEMENT_LOCK_KEY}).scalar())
 
 
 def _latest_period(session: Session) -> SettlementPeriod | None:
@@ -528,7 +578,6 @@ def close_next_period(
     to_timestamp: int | None = None,
     now: dt.datetime | None = None,
     vault_addresses: dict[int, list[str]] | None = None,
-    payout_reader: PayoutReader = read_no_payouts,
     export_dir: str | Path | None = None,
     batch_size: int = 1_000,
 ) -> SettlementPeriod | None:
@@ -540,8 +589,12 @@ def close_next_period(
     ledger or the registry disagrees with what would be committed.
     """
     now = now or dt.datetime.now(dt.UTC)
+    # NOTE: on SQLite the build runs inside BEGIN IMMEDIATE, so every other writer waits until
+    # the period is stored, for a time that grows with the period's records.
     with db.transaction() as session:
-        _begin_closing(session)
+        if not _begin_closing(session):
+            logger.info("another process is closing a settlement period; skipping this run")
+            return None
         last = _latest_period(session)
         if last is not None and last.status == "built":
             period_id = last.period_id
@@ -562,7 +615,6 @@ def close_next_period(
                 registry_address=anchor.registry.address,
                 chains=chains,
                 vault_addresses=vault_addresses,
-                payout_reader=payout_reader,
                 batch_size=batch_size,
             )
             store.store_period(session, built, batch_size)
@@ -597,7 +649,7 @@ def close_next_period(
 
 
 def period_commitment(period: SettlementPeriod) -> PeriodCommitment:
-    """The arguments of ``commitPeriod`` for a stored period."""
+    """Return the arguments of ``commitPeriod`` for a stored period."""
     return PeriodCommitment(
         period_id=period.period_id,
         from_timestamp=period.from_timestamp,
@@ -624,7 +676,10 @@ def _commit_on_chain(anchor: SettlementAnchor, period: SettlementPeriod) -> tupl
         stored = read_period(anchor.registry, period.period_id)
         assert stored is not None, f"the registry reports period {period.period_id} but cannot read it"
         if stored.commitment != commitment:
-            raise SettlementError(f"the registry holds a different commitment for period {period.period_id} than the database")
+            raise SettlementError(
+                f"the registry contains a different commitment for period {period.period_id} than the database; "
+                "stop the settlement task and compare the two before closing more periods"
+            )
         for log in fetch_period_commitments(anchor.registry, stored.committed_at_block, stored.committed_at_block):
             if log.commitment.period_id == period.period_id:
                 return bytes(log.transaction_hash), log.block_number
@@ -641,7 +696,7 @@ def _commit_on_chain(anchor: SettlementAnchor, period: SettlementPeriod) -> tupl
 
 
 def _is_period_not_ended(error: ContractCustomError) -> bool:
-    """Whether the registry reverted with PeriodNotEnded(toTimestamp, blockTimestamp)."""
+    """Return whether the registry reverted with PeriodNotEnded(toTimestamp, blockTimestamp)."""
     selector = Web3.keccak(text="PeriodNotEnded(uint64,uint256)")[:4].hex()
     return selector in str(error.data).lower()
 

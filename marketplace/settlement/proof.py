@@ -44,7 +44,7 @@ _PROOF_KEYS = {"format", "version", "chain_id", "registry_address", "period_id",
 
 @dataclass(frozen=True)
 class InclusionProof:
-    """A parsed proof. ``siblings`` holds (hash, sum) pairs; sums are 0 in the records tree."""
+    """A parsed proof. ``siblings`` contains (hash, sum) pairs, and the sums are 0 in the records tree."""
 
     chain_id: int
     registry_address: str

@@ -10,6 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from requests.exceptions import RequestException
+from web3.exceptions import Web3Exception
 
 from marketplace.settlement.proof import check_proof_file
 from marketplace.settlement.verify import VerificationReport, connect_clients, verify_export_file
@@ -68,11 +70,19 @@ def print_report(console: Console, report: VerificationReport) -> None:
 
 
 def run_verify(console: Console, export: Path, rpc_url: str, chain_rpcs: list[str], min_confirmations: int) -> int:
-    """Verify an export and print the report. Returns the process exit code: 0 verified, 1 not."""
-    clients = connect_clients(rpc_url, parse_chain_rpcs(chain_rpcs))
+    """Verify an export and print the report. Returns the exit code: 0 verified, 1 not, 2 no chain."""
+    try:
+        clients = connect_clients(rpc_url, parse_chain_rpcs(chain_rpcs))
+    except (RequestException, Web3Exception) as exc:
+        console.print(f"[red]error:[/red] cannot reach the RPC endpoint: {exc}", highlight=False)
+        return 2
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        report = verify_export_file(str(export), clients, min_confirmations=min_confirmations, progress=progress)
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            report = verify_export_file(str(export), clients, min_confirmations=min_confirmations, progress=progress)
+    except (RequestException, Web3Exception) as exc:
+        console.print(f"[red]error:[/red] the RPC endpoint failed during verification, so nothing was concluded: {exc}", highlight=False)
+        return 2
     print_report(console, report)
     return 0 if report.ok else 1
 

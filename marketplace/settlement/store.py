@@ -18,7 +18,7 @@ from marketplace.settlement.encoding import hex_to_bytes32
 from marketplace.settlement.export import OPENING_BALANCE, ExportHeader, ReserveSource, dump_line, leaf_line
 from marketplace.settlement.leaves import LEAF_KINDS, Leaf, leaf_from_json, record_key
 from marketplace.settlement.proof import BALANCES_TREE, RECORDS_TREE, InclusionProof
-from marketplace.settlement.tree import empty_subtree, empty_sum_subtree, flatten_levels, tree_depth
+from marketplace.settlement.tree import MerkleSumTree, MerkleTree, empty_subtree, empty_sum_subtree, flatten_levels, tree_depth
 
 if TYPE_CHECKING:
     from marketplace.settlement.period import BuiltPeriod
@@ -90,7 +90,7 @@ def store_period(session: Session, built: BuiltPeriod, batch_size: int) -> Settl
     return period
 
 
-def _store_chunks(session: Session, period_id: int, tree_name: str, tree, batch_size: int) -> None:  # type: ignore[no-untyped-def]
+def _store_chunks(session: Session, period_id: int, tree_name: str, tree: MerkleTree | MerkleSumTree, batch_size: int) -> None:
     rows = []
     for level in flatten_levels(tree):
         for chunk_index in range(0, max(level.node_count, 1), CHUNK_NODES):
@@ -113,7 +113,7 @@ def _store_chunks(session: Session, period_id: int, tree_name: str, tree, batch_
 
 
 def read_balances(session: Session, period_id: int) -> dict[str, int]:
-    """The balance of every account at the end of a stored period, by ledger account name."""
+    """Return the balance of every account at the end of a stored period, by ledger account name."""
     rows = session.execute(
         select(SettlementLeaf.fields).where(SettlementLeaf.period_id == period_id, SettlementLeaf.tree == BALANCES_TREE)
     )
@@ -141,7 +141,7 @@ def _iter_leaf_rows(session: Session, period_id: int, tree: str, batch_size: int
 
 
 def export_header(session: Session, period: SettlementPeriod) -> ExportHeader:
-    """The export header of a stored period."""
+    """Return the export header of a stored period."""
     opening_count = count_leaves(session, period.period_id - 1, BALANCES_TREE) if period.period_id > 1 else 0
     return ExportHeader(
         chain_id=period.chain_id,
@@ -240,7 +240,7 @@ def account_proofs(
     after_index: int = -1,
     limit: int = 100,
 ) -> tuple[list[InclusionProof], int | None]:
-    """The proofs of one account's leaves in a tree, in leaf order, a page at a time.
+    """Return the proofs of one account's leaves in a tree, in leaf order, a page at a time.
 
     Returns the proofs and the leaf index to pass as ``after_index`` for the next page, or None
     on the last page.

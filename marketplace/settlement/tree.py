@@ -1,9 +1,9 @@
 """A Merkle tree over the period's records and a Merkle sum tree over its balances.
 
 Both trees are binary and positional (the left child is always hashed first), over leaves in
-the canonical order of their kind. A tree of n leaves has depth ``ceil(log2(n))``; the positions
-past the last leaf are filled with empty subtrees whose hashes are constants, so a proof always
-has exactly ``depth`` siblings and no node is ever hashed with a copy of itself.
+the canonical order of their kind. A tree of n leaves has depth ``ceil(log2(n))``. The positions
+past the last leaf hold empty subtrees whose hashes are constants. So a proof always has exactly
+``depth`` siblings, and no node is ever hashed with a copy of itself.
 
 Hashes, all keccak256 over ABI words and each starting with its own 32-byte tag:
 
@@ -64,7 +64,7 @@ def hash_sum_node(left: bytes, left_sum: int, right: bytes, right_sum: int) -> t
 
 @lru_cache(maxsize=MAX_DEPTH + 1)
 def empty_subtree(level: int) -> bytes:
-    """The hash of a subtree of 2**level empty leaves in the records tree."""
+    """Return the hash of a subtree of 2**level empty leaves in the records tree."""
     if level == 0:
         return EMPTY_LEAF_HASH
     below = empty_subtree(level - 1)
@@ -73,7 +73,7 @@ def empty_subtree(level: int) -> bytes:
 
 @lru_cache(maxsize=MAX_DEPTH + 1)
 def empty_sum_subtree(level: int) -> bytes:
-    """The hash of a subtree of 2**level empty leaves in the balances tree (its sum is 0)."""
+    """Return the hash of a subtree of 2**level empty leaves in the balances tree (its sum is 0)."""
     if level == 0:
         return EMPTY_LEAF_HASH
     below = empty_sum_subtree(level - 1)

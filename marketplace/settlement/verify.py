@@ -167,8 +167,9 @@ class Verifier:
     def _read_commitment(self, header: ExportHeader, report: VerificationReport) -> _Commitment | None:
         try:
             w3 = self.clients.web3(header.chain_id)
-        except MissingRpc as exc:
-            report.add("chain", "registry", str(exc))
+        except MissingRpc:
+            served = ", ".join(str(chain_id) for chain_id in sorted(self.clients.connections)) or "none"
+            report.add("chain", "registry", f"the registry is on chain {header.chain_id}, but the RPC URLs given serve chain {served}")
             return None
         if not w3.eth.get_code(Web3.to_checksum_address(header.registry_address)):
             report.add("chain", "registry", f"no contract at {header.registry_address} on chain {header.chain_id}")
@@ -446,7 +447,7 @@ class _Commitment:
 
 
 class _ReplayState:
-    """What the verifier accumulates while it reads leaves."""
+    """The hashes, balances, totals and records that the verifier collects while it reads leaves."""
 
     def __init__(self, header: ExportHeader) -> None:
         self.header = header

@@ -231,6 +231,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('pending_id')
     )
     with op.batch_alter_table('ledger_transfers', schema=None) as batch_op:
+        batch_op.create_index('ix_ledger_transfers_created_at', ['created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_ledger_transfers_credit_account_id'), ['credit_account_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_ledger_transfers_debit_account_id'), ['debit_account_id'], unique=False)
         batch_op.create_index('ix_ledger_transfers_pending_open', ['is_pending', 'expires_at'], unique=False)
@@ -374,6 +375,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_ledger_transfers_pending_open')
         batch_op.drop_index(batch_op.f('ix_ledger_transfers_debit_account_id'))
         batch_op.drop_index(batch_op.f('ix_ledger_transfers_credit_account_id'))
+        batch_op.drop_index('ix_ledger_transfers_created_at')
 
     op.drop_table('ledger_transfers')
     op.drop_table('api_key_spend')
