@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -339,7 +339,18 @@ def post_hold_and_split(
     which `place_hold` and `transfer` lock them, so concurrent calls cannot deadlock.
     Returns the balance of the hold's debit account afterwards.
     """
-    hold = session.get(LedgerTransfer, hold_id)
+    resolution_id = f"{hold_id}:post"
+    split_ids = [split.transfer_id for split in splits]
+    # The hold, its resolution if any, and any split written before, in one query.
+    existing = {
+        row.id: row
+        for row in session.scalars(
+            select(LedgerTransfer).where(
+                or_(LedgerTransfer.id.in_([hold_id, *split_ids]), LedgerTransfer.pending_id == hold_id)
+            )
+        )
+    }
+    hold = existing.pop(hold_id, None)
     if hold is None or not hold.is_pending:
         raise LedgerError(f"hold {hold_id} does not exist")
     assert 0 <= posted_nano_usd <= hold.amount_nano_usd, (
@@ -349,19 +360,11 @@ def post_hold_and_split(
         f"splits of hold {hold_id} pass on {sum(split.amount_nano_usd for split in splits)} nano-USD, not the posted {posted_nano_usd}"
     )
 
-    resolution_id = f"{hold_id}:post"
-    split_ids = [split.transfer_id for split in splits]
-    existing = {
-        row.id: row
-        for row in session.scalars(
-            select(LedgerTransfer).where(or_(LedgerTransfer.pending_id == hold_id, LedgerTransfer.id.in_(split_ids)))
-        )
-    }
     already = next((row for row in existing.values() if row.pending_id == hold_id), None)
     if already is not None and not (already.id == resolution_id and already.amount_nano_usd == posted_nano_usd):
         raise HoldAlreadyResolved(f"hold {hold_id} was already resolved by {already.code}")
 
-    new_rows: list[LedgerTransfer] = []
+    new_rows: list[dict] = []
     # Per account id: [debits_posted, debits_pending, credits_posted, credits_pending] deltas.
     deltas: dict[int, list[int]] = {}
 
@@ -372,14 +375,7 @@ def post_hold_and_split(
         # The pending_id column is unique: if a concurrent resolution wins the race, this insert
         # fails and the transaction rolls back, so the balances below never move twice.
         new_rows.append(
-            LedgerTransfer(
-                id=resolution_id,
-                debit_account_id=hold.debit_account_id,
-                credit_account_id=hold.credit_account_id,
-                amount_nano_usd=posted_nano_usd,
-                code="post",
-                pending_id=hold_id,
-            )
+            _transfer_row(resolution_id, hold.debit_account_id, hold.credit_account_id, posted_nano_usd, "post", pending_id=hold_id)
         )
         add(hold.debit_account_id, 1, -hold.amount_nano_usd)
         add(hold.debit_account_id, 0, posted_nano_usd)
@@ -392,19 +388,12 @@ def post_hold_and_split(
             _check_same(found, hold.credit_account_id, split.credit.id, split.amount_nano_usd, split.code)
             continue
         new_rows.append(
-            LedgerTransfer(
-                id=split.transfer_id,
-                debit_account_id=hold.credit_account_id,
-                credit_account_id=split.credit.id,
-                amount_nano_usd=split.amount_nano_usd,
-                code=split.code,
-                reference=reference,
-            )
+            _transfer_row(split.transfer_id, hold.credit_account_id, split.credit.id, split.amount_nano_usd, split.code, reference=reference)
         )
         add(hold.credit_account_id, 0, split.amount_nano_usd)
         add(split.credit.id, 2, split.amount_nano_usd)
-    session.add_all(new_rows)
-    session.flush()
+    if new_rows:
+        session.execute(insert(LedgerTransfer), new_rows)
 
     balance: Balance | None = None
     constrained = {hold.credit_account_id: _is_constrained(session, hold.credit_account_id)}
@@ -435,6 +424,24 @@ def post_hold_and_split(
         if account_id == hold.debit_account_id:
             balance = Balance(posted_nano_usd=row[0] - row[1], pending_debits_nano_usd=row[2])
     return balance if balance is not None else read_balance(session, hold.debit_account_id)
+
+
+def _transfer_row(
+    transfer_id: str, debit_id: int, credit_id: int, amount_nano_usd: int, code: str, *, pending_id: str | None = None, reference: str | None = None
+) -> dict:
+    """The columns of a new posted transfer, for a Core INSERT of several rows in one statement."""
+    return {
+        "id": transfer_id,
+        "debit_account_id": debit_id,
+        "credit_account_id": credit_id,
+        "amount_nano_usd": amount_nano_usd,
+        "code": code,
+        "is_pending": False,
+        "pending_id": pending_id,
+        "expires_at": None,
+        "reference": reference,
+        "created_at": utcnow(),
+    }
 
 
 def _is_constrained(session: Session, account_id: int) -> bool:

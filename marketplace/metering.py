@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from marketplace import ledger, spend
@@ -149,19 +149,29 @@ def settle_call(
     finished_at = utcnow()
 
     with db.transaction() as session:
-        generation = session.get(Generation, call.generation_id, with_for_update=True)
-        assert generation is not None, f"generation {call.generation_id} was never opened"
-        _release_spend(session, generation, charged)
-        _record_usage(generation, usage)
-        generation.cost_nano_usd = charged
-        generation.status = status
-        generation.error = error
-        generation.latency_ms = _elapsed_ms(call.started_at, finished_at)
-        generation.finished_at = finished_at
+        # One statement locks the generation row, as SELECT ... FOR UPDATE would, and finishes it.
+        finished = session.execute(
+            update(Generation)
+            .where(Generation.id == call.generation_id)
+            .values(
+                **_usage_values(usage),
+                cost_nano_usd=charged,
+                status=status,
+                error=error,
+                latency_ms=_elapsed_ms(call.started_at, finished_at),
+                finished_at=finished_at,
+            )
+            .returning(Generation.account_id, Generation.api_key_id, Generation.spend_period, Generation.hold_nano_usd)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        assert finished is not None, f"generation {call.generation_id} was never opened"
+        account_id, api_key_id, spend_period, hold_nano_usd = finished
+        if spend_period is not None:
+            spend.release(session, api_key_id, spend_period, hold_nano_usd, charged)
 
         # The ledger goes last, so the account rows that every call shares are locked only
         # from their updates to the commit.
-        _, _, supplier, revenue = _call_accounts(session, generation.account_id, supplier_id)
+        _, _, supplier, revenue = _call_accounts(session, account_id, supplier_id)
         splits = [
             ledger.Split(f"{call.generation_id}:supplier", supplier, charged - fee, "usage_supplier"),
             ledger.Split(f"{call.generation_id}:fee", revenue, fee, "usage_fee"),
@@ -210,13 +220,15 @@ def _release_spend(session: Session, generation: Generation, charged_nano_usd: i
         spend.release(session, generation.api_key_id, generation.spend_period, generation.hold_nano_usd, charged_nano_usd)
 
 
-def _record_usage(generation: Generation, usage: Usage) -> None:
-    generation.prompt_tokens = usage.prompt_tokens
-    generation.completion_tokens = usage.completion_tokens
-    generation.cached_prompt_tokens = usage.cached_prompt_tokens
-    generation.cache_write_tokens = usage.cache_write_tokens
-    generation.reasoning_tokens = usage.reasoning_tokens
-    generation.usage_estimated = usage.estimated
+def _usage_values(usage: Usage) -> dict[str, int | bool]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_prompt_tokens": usage.cached_prompt_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "usage_estimated": usage.estimated,
+    }
 
 
 def expire_holds(session: Session, now: dt.datetime | None = None, limit: int = 500) -> int:

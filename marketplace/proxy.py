@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, ValidationError
 from sqlalchemy import select
 
 from marketplace import listings, metering
@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 # of the serialized messages bounds their token count; chat templates add a few tokens per message.
 TEMPLATE_TOKENS_PER_MESSAGE = 8
 TEMPLATE_TOKENS_PER_REQUEST = 16
+# Larger than any model's output limit, and small enough that costs stay far inside 64 bits.
+MAX_OUTPUT_TOKENS = 10_000_000
+MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 @dataclass(frozen=True)
@@ -72,14 +75,23 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=200)
     messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    n: int = Field(default=1, ge=1, le=16)
+    stream: StrictBool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
+    n: StrictInt = Field(default=1, ge=1, le=16)
+    tools: list[dict[str, Any]] | None = None
     # OpenRouter-style routing preferences; read here, never sent upstream.
     provider: dict[str, Any] | None = None
+    _prompt_tokens: int | None = PrivateAttr(default=None)
+
+    def prompt_tokens_estimate(self) -> int:
+        """The local token count of the messages, computed once per request."""
+        if self._prompt_tokens is None:
+            self._prompt_tokens = count_prompt_tokens(self.messages)
+        return self._prompt_tokens
 
 
 def parse_chat_request(body: Any) -> ChatCompletionRequest:
@@ -87,6 +99,8 @@ def parse_chat_request(body: Any) -> ChatCompletionRequest:
         raise InvalidRequest("request body must be a JSON object", param=None)
     try:
         request = ChatCompletionRequest.model_validate(body)
+    except RecursionError as exc:
+        raise InvalidRequest("request body is nested too deeply") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"])
@@ -94,6 +108,19 @@ def parse_chat_request(body: Any) -> ChatCompletionRequest:
     for index, message in enumerate(request.messages):
         if "role" not in message:
             raise InvalidRequest(f"messages.{index}.role is missing", param=f"messages.{index}.role")
+        if message["role"] not in MESSAGE_ROLES:
+            raise InvalidRequest(
+                f"messages.{index}.role {message['role']!r} is not one of {sorted(MESSAGE_ROLES)}", param=f"messages.{index}.role"
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise InvalidRequest(f"messages.{index}.content must be a string or a list of parts", param=f"messages.{index}.content")
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest("request body contains text that is not valid Unicode (a lone surrogate)") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("request body is nested too deeply") from exc
     return request
 
 
@@ -101,9 +128,25 @@ def new_generation_id() -> str:
     return "gen-" + secrets.token_hex(12)
 
 
-def prompt_token_bound(messages: list[dict[str, Any]]) -> int:
-    serialized = json.dumps(messages, ensure_ascii=False, separators=(",", ":")).encode()
-    return len(serialized) + TEMPLATE_TOKENS_PER_MESSAGE * len(messages) + TEMPLATE_TOKENS_PER_REQUEST
+def prompt_token_bound(messages: list[dict[str, Any]], extra: Any = None) -> int:
+    """An upper bound on the prompt tokens: one per UTF-8 byte of the messages and of whatever
+    else the upstream reads as input (tools, response format), plus template overhead."""
+    size = len(json.dumps(messages, ensure_ascii=False, separators=(",", ":")).encode())
+    if extra:
+        size += len(json.dumps(extra, ensure_ascii=False, separators=(",", ":")).encode())
+    return size + TEMPLATE_TOKENS_PER_MESSAGE * len(messages) + TEMPLATE_TOKENS_PER_REQUEST
+
+
+def prompt_input_extras(request: ChatCompletionRequest) -> dict[str, Any]:
+    """Request fields besides the messages that upstreams bill as input tokens."""
+    extras = request.model_extra or {}
+    fields = {
+        "tools": request.tools,
+        "functions": extras.get("functions"),
+        "response_format": extras.get("response_format"),
+        "tool_choice": extras.get("tool_choice"),
+    }
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def usage_body(usage: Usage, charged_nano_usd: int) -> dict[str, Any]:
@@ -167,6 +210,7 @@ class MeteringProxy:
         self.client = client
         self.limiter = limiter
         self.health = HealthTracker(db, settings, limiter)
+        self.db_threads = anyio.CapacityLimiter(int(__import__("os").environ.get("EXP_DB_THREADS", "40")))
 
     # Routing and limits ---------------------------------------------------------------------
 
@@ -183,7 +227,7 @@ class MeteringProxy:
         if caller.allowed_models is not None and request.model not in caller.allowed_models:
             raise Forbidden(f"model {request.model!r} is not in this API key's allowlist", param="model", code="model_not_allowed")
         preferences = parse_preferences(request.provider)
-        available = await anyio.to_thread.run_sync(self._load_candidates, request.model)
+        available = await anyio.to_thread.run_sync(self._load_candidates, request.model, limiter=self.db_threads)
         if not available:
             raise NotFound(f"model {request.model!r} is not on sale; GET /v1/models lists what is", param="model", code="model_not_found")
         ordered = order_candidates(available, preferences)
@@ -219,7 +263,7 @@ class MeteringProxy:
 
     @staticmethod
     def _token_estimate(request: ChatCompletionRequest, max_completion: int) -> int:
-        return count_prompt_tokens(request.messages) + max_completion * request.n
+        return request.prompt_tokens_estimate() + max_completion * request.n
 
     async def _count_supplier_limits(self, listing: Listing, tokens: int) -> tuple[list[Reservation], float] | None:
         """Count the call against the listing's supplier limits; None with no change when one is reached."""
@@ -266,7 +310,7 @@ class MeteringProxy:
             return None
         supplier_reservations, _ = counted
 
-        hold = max_cost_nano_usd(prompt_token_bound(request.messages), max_completion * request.n, listings.listing_prices(listing))
+        hold = max_cost_nano_usd(prompt_token_bound(request.messages, prompt_input_extras(request)), max_completion * request.n, listings.listing_prices(listing))
         try:
             call = await anyio.to_thread.run_sync(
                 lambda: metering.open_call(
@@ -282,7 +326,8 @@ class MeteringProxy:
                     spend_limit_nano_usd=caller.spend_limit_nano_usd,
                     spend_limit_period=caller.spend_limit_period,
                     attempt=attempt,
-                )
+                ),
+                limiter=self.db_threads,
             )
         except BaseException:
             await self._release_reservations(supplier_reservations)
@@ -310,10 +355,19 @@ class MeteringProxy:
             extra={"generation_id": call.generation_id, "listing_id": opened.listing.id, "kind": exc.kind, "status": exc.status_code},
         )
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: metering.fail_call(self.db, call, error=f"{exc.kind}: {exc.message}"))
+            await anyio.to_thread.run_sync(
+                lambda: metering.fail_call(self.db, call, error=f"{exc.kind}: {exc.message}"), limiter=self.db_threads
+            )
             await self._correct_token_reservations(opened.token_reservations, None)
             if counts_against_listing(exc):
                 await self.health.record(opened.listing.id, ok=False, detail=f"{exc.kind} {exc.status_code or ''}".strip())
+
+    async def _abandon(self, opened: OpenCall) -> None:
+        """Release the hold of an attempt that failed on an error of ours, not the upstream's."""
+        logger.exception("call failed on an internal error; releasing its hold", extra={"generation_id": opened.call.generation_id})
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: metering.fail_call(self.db, opened.call, error="internal error"))
+            await self._correct_token_reservations(opened.token_reservations, None)
 
     async def _settle(self, opened: OpenCall, usage: Usage, status: str, error: str | None = None) -> metering.SettledCall:
         listing = opened.listing
@@ -329,7 +383,8 @@ class MeteringProxy:
                     fee_bps=self.settings.platform_fee_bps,
                     status=status,
                     error=error,
-                )
+                ),
+                limiter=self.db_threads,
             )
             await self._correct_token_reservations(opened.token_reservations + opened.key_reservations, usage)
         return settled
@@ -341,6 +396,9 @@ class MeteringProxy:
 
     async def _prepare(self, caller: Caller, request: ChatCompletionRequest) -> tuple[list[Listing], list[Reservation], str]:
         candidates = await self._route(caller, request)
+        if caller.tokens_per_minute is not None or any(item.tokens_per_minute or item.tokens_per_day for item in candidates):
+            # Counting is CPU work on long prompts; it runs off the event loop.
+            await anyio.to_thread.run_sync(request.prompt_tokens_estimate)
         key_reservations = await self._count_key_limits(caller, request)
         return candidates, key_reservations, new_generation_id()
 
@@ -375,6 +433,9 @@ class MeteringProxy:
                     if not should_fall_back(exc):
                         break
                     continue
+                except Exception:
+                    await self._abandon(opened)
+                    raise
                 await self.health.record(listing.id, ok=True)
                 return await self._finish_completion(request, opened, result), generation_id
         except BaseException:
@@ -387,7 +448,9 @@ class MeteringProxy:
         usage = result.usage
         if usage is None:
             completion_text = "".join(_text_of_choice(choice) for choice in result.body.get("choices") or [])
-            usage = Usage(prompt_tokens=count_prompt_tokens(request.messages), completion_tokens=count_text_tokens(completion_text), estimated=True)
+            usage = await anyio.to_thread.run_sync(
+                lambda: Usage(prompt_tokens=request.prompt_tokens_estimate(), completion_tokens=count_text_tokens(completion_text), estimated=True)
+            )
         settled = await self._settle(opened, usage, "completed")
 
         response = dict(result.body)
@@ -426,6 +489,9 @@ class MeteringProxy:
                     if not should_fall_back(exc):
                         break
                     continue
+                except Exception:
+                    await self._abandon(opened)
+                    raise
                 await self.health.record(listing.id, ok=True)
                 return self._relay(request, opened, first, upstream), generation_id
         except BaseException:
@@ -449,12 +515,12 @@ class MeteringProxy:
         settled = False
         error: UpstreamError | None = None
 
-        def estimate() -> Usage:
-            return Usage(
-                prompt_tokens=count_prompt_tokens(request.messages),
-                completion_tokens=count_text_tokens("".join(delivered)),
-                estimated=True,
-            )
+        async def estimate() -> Usage:
+            text = "".join(delivered)
+            with anyio.CancelScope(shield=True):
+                return await anyio.to_thread.run_sync(
+                    lambda: Usage(prompt_tokens=request.prompt_tokens_estimate(), completion_tokens=count_text_tokens(text), estimated=True)
+                )
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             yield first
@@ -483,7 +549,7 @@ class MeteringProxy:
                 logger.warning("upstream stream failed after output began", extra={"generation_id": call.generation_id, "kind": exc.kind})
 
             complete = finished and error is None
-            usage = reported if (reported is not None and complete) else estimate()
+            usage = reported if (reported is not None and complete) else await estimate()
             status = "completed" if complete else "incomplete"
             settled_call = await self._settle(opened, usage, status, error.message if error else None)
             settled = True
@@ -501,7 +567,7 @@ class MeteringProxy:
         finally:
             if not settled:
                 # The client went away mid-stream: charge the prompt and what was delivered.
-                await self._settle(opened, estimate(), "client_disconnected")
+                await self._settle(opened, await estimate(), "client_disconnected")
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()  # type: ignore[attr-defined]
 

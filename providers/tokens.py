@@ -33,9 +33,34 @@ TOKENS_PER_NAME = 1
 TOKENS_PER_REPLY = 3
 
 
+# Pure-Python BPE takes time quadratic in the length of one pre-token, and a run of CJK text
+# with no spaces is a single pre-token: 60,000 such characters took over a minute in one piece.
+# Text is therefore counted in pieces of at most this many characters, cut just before a
+# whitespace where one is near, so ordinary text counts exactly as in one piece and a long run
+# without spaces may count a few tokens more than tiktoken would.
+MAX_PIECE_CHARS = 256
+
+
+def _pieces(text: str) -> list[str]:
+    if len(text) <= MAX_PIECE_CHARS:
+        return [text]
+    pieces = []
+    start = 0
+    while start < len(text):
+        end = min(start + MAX_PIECE_CHARS, len(text))
+        if end < len(text):
+            cut = max(text.rfind(" ", start + MAX_PIECE_CHARS // 2, end), text.rfind("\n", start + MAX_PIECE_CHARS // 2, end))
+            if cut > start:
+                end = cut
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
 def count_text_tokens(text: str, encoding: str = DEFAULT_ENCODING) -> int:
     """Count the tokens of `text`, treating special-token strings such as <|endoftext|> as text."""
-    return len(_get_encoding(encoding).encode_ordinary(text))
+    encoder = _get_encoding(encoding)
+    return sum(len(encoder.encode_ordinary(piece)) for piece in _pieces(text))
 
 
 def count_prompt_tokens(

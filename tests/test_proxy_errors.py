@@ -86,6 +86,21 @@ def test_unknown_model_gets_404(marketplace, buyer_key):
         ({**GOOD_BODY, "max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1", "max_tokens"),
         ({**GOOD_BODY, "messages": [{"content": "no role"}]}, "messages.0.role is missing", "messages.0.role"),
         ([1, 2], "request body must be a JSON object", None),
+        ({**GOOD_BODY, "max_tokens": 2**63}, "max_tokens: Input should be less than or equal to 10000000", "max_tokens"),
+        ({**GOOD_BODY, "max_tokens": "10"}, "max_tokens: Input should be a valid integer", "max_tokens"),
+        ({**GOOD_BODY, "stream": "yes"}, "stream: Input should be a valid boolean", "stream"),
+        ({**GOOD_BODY, "stream_options": "x"}, "stream_options: Input should be a valid dictionary", "stream_options"),
+        (
+            {**GOOD_BODY, "messages": [{"role": "wizard", "content": "hi"}]},
+            "messages.0.role 'wizard' is not one of ['assistant', 'developer', 'function', 'system', 'tool', 'user']",
+            "messages.0.role",
+        ),
+        ({**GOOD_BODY, "messages": [{"role": "user", "content": 5}]}, "messages.0.content must be a string or a list of parts", "messages.0.content"),
+        (
+            b'{"model": "deepseek/deepseek-chat", "max_tokens": 8, "messages": [{"role": "user", "content": "\\ud800"}]}',
+            "request body contains text that is not valid Unicode (a lone surrogate)",
+            None,
+        ),
     ],
 )
 def test_invalid_body_gets_400(marketplace, buyer_key, body, message, param):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from contextlib import asynccontextmanager
 
 import httpx
@@ -24,10 +23,6 @@ from marketplace.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 ANTHROPIC_PATH = "/v1/messages"
-# Metering transactions run in worker threads and hold row locks between their statements, and
-# each statement's thread must win the GIL back from the event loop. CPython's default switch
-# interval is 5 ms; a shorter one hands the GIL over sooner, so the locks are released sooner.
-GIL_SWITCH_INTERVAL_S = 0.001
 
 
 def _error_response(request: Request, exc: ApiError) -> JSONResponse:
@@ -59,8 +54,6 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
-            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
         limiter = create_rate_limiter(settings.redis_url, settings.redis_key_prefix)
         async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s) as client:

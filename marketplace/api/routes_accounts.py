@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 
 from marketplace import accounts, ledger
 from marketplace.api.deps import get_db, get_settings, require_session
@@ -92,7 +92,7 @@ def list_keys(account_id: int = Depends(require_session), db: Database = Depends
 
 
 @router.delete("/keys/{key_id}")
-def revoke_key(key_id: int, account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
+def revoke_key(key_id: int = Path(ge=1, le=2**31 - 1), account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
     with db.transaction() as session:
         key = accounts.revoke_api_key(session, account_id, key_id)
         return _key_view(key)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -25,7 +26,6 @@ from providers.anthropic_ingress import (
     openai_chunks_to_message_events,
     openai_response_to_messages,
 )
-from providers.tokens import count_prompt_tokens
 
 router = APIRouter(prefix="/v1")
 
@@ -73,11 +73,12 @@ async def create_message(request: Request, caller: Caller = Depends(require_api_
         return JSONResponse(message, headers={GENERATION_HEADER: generation_id})
 
     events, generation_id = await proxy.open_stream(caller, chat_request)
+    input_tokens = await anyio.to_thread.run_sync(chat_request.prompt_tokens_estimate)
 
     async def translated() -> AsyncIterator[bytes]:
         async with aclosing(events):
             message_events = openai_chunks_to_message_events(
-                events, chat_request.model, message_id_for(generation_id), input_tokens=count_prompt_tokens(chat_request.messages)
+                events, chat_request.model, message_id_for(generation_id), input_tokens=input_tokens
             )
             async for chunk in _sse(message_events):
                 yield chunk

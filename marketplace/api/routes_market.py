@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from sqlalchemy import func, select
 
 from marketplace import ledger, listings
@@ -13,6 +15,8 @@ from marketplace.db import Database
 from marketplace.models import Generation, Listing, Payout
 from marketplace.payouts import payout_view
 from marketplace.settings import Settings
+
+ListingId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 # Calls that produced output the supplier is paid for.
 SERVED_STATUSES = ("completed", "incomplete", "client_disconnected")
@@ -83,7 +87,7 @@ def list_models(db: Database = Depends(get_db)) -> dict:
 
 @router.patch("/supplier/listings/{listing_id}")
 def update_listing(
-    listing_id: int,
+    listing_id: ListingId,
     body: ListingUpdateBody,
     account_id: int = Depends(require_session),
     db: Database = Depends(get_db),
@@ -96,14 +100,14 @@ def update_listing(
 
 
 @router.delete("/supplier/listings/{listing_id}")
-def delete_listing(listing_id: int, account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
+def delete_listing(listing_id: ListingId, account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
     with db.transaction() as session:
         supplier = listings.supplier_for_account(session, account_id)
         return listings.offer_view(listings.delete_listing(session, supplier, listing_id))
 
 
 @router.get("/supplier/listings/{listing_id}")
-async def read_listing(listing_id: int, request: Request, account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
+async def read_listing(listing_id: ListingId, request: Request, account_id: int = Depends(require_session), db: Database = Depends(get_db)) -> dict:
     """One listing with its health: recent calls and errors, and why it is paused if it is."""
 
     def load():

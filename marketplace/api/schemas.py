@@ -5,6 +5,11 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 
+# Bounds that keep every stored number inside a signed 64-bit column.
+MAX_AMOUNT_NANO_USD = 10**18
+MAX_COUNT = 10**12
+
+
 class StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -19,10 +24,10 @@ class SignInBody(StrictBody):
 class ApiKeyBody(StrictBody):
     name: str = Field(default="default", min_length=1, max_length=100)
     allowed_models: list[str] | None = Field(default=None, max_length=200)
-    spend_limit_nano_usd: int | None = Field(default=None, ge=0)
+    spend_limit_nano_usd: int | None = Field(default=None, ge=0, le=MAX_AMOUNT_NANO_USD)
     spend_limit_period: str | None = Field(default=None, pattern="^(day|month|total)$")
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=MAX_COUNT)
 
 
 class SupplierBody(StrictBody):
@@ -43,9 +48,9 @@ class ListingBody(StrictBody):
     offer_cached_input_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
     offer_cache_write_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
     max_output_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_day: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     region: str | None = Field(default=None, max_length=40)
 
 
@@ -62,8 +67,8 @@ class ListingUpdateBody(StrictBody):
     offer_cached_input_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
     offer_cache_write_micro_usd_per_mtok: int | None = Field(default=None, ge=0, le=10**12)
     max_output_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_day: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     region: str | None = Field(default=None, max_length=40)
     status: str | None = None
