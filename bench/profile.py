@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 SAMPLE_RATE_HZ = 250
-TOP_FUNCTIONS = 25
+TOP_ROWS = 15
 
 
 def start_py_spy(pid: int, output_stem: Path) -> subprocess.Popen:
@@ -39,40 +39,61 @@ def stop_py_spy(profiler: subprocess.Popen) -> None:
 
 
 def summarize_collapsed(path: Path) -> str:
-    """The functions with the most samples, inclusive and exclusive, as a Markdown section.
+    """Where the sampled time went, as a Markdown section: by component (the package or project
+    folder of the innermost frame), then by function of our own code, inclusive.
 
-    Each line of py-spy's raw output is `frame;frame;...;frame count`, outermost first. A
-    function is counted once per stack for the inclusive share, however often it recurs.
+    Each line of py-spy's raw output is `frame;frame;...;frame count`, outermost first, and a
+    frame is `function (file:line)`. A function is counted once per stack for its inclusive share.
     """
-    inclusive: Counter[str] = Counter()
-    exclusive: Counter[str] = Counter()
+    by_component: Counter[str] = Counter()
+    own_inclusive: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_short(frame) for frame in stack.split(";")]
+        frames = stack.split(";")
         total += count
-        for frame in set(frames):
-            inclusive[frame] += count
-        exclusive[frames[-1]] += count
+        by_component[_component(frames[-1])] += count
+        for frame in {_short(frame) for frame in frames if _component(frame) in OWN_COMPONENTS}:
+            own_inclusive[frame] += count
     if total == 0:
         return "### Profile of Tokenport\n\npy-spy recorded no samples."
 
-    rows = [
-        f"| {frame} | {100 * inclusive[frame] / total:.1f} | {100 * exclusive[frame] / total:.1f} |"
-        for frame, _ in inclusive.most_common(TOP_FUNCTIONS)
-    ]
+    component_rows = [f"| {name} | {100 * count / total:.1f} |" for name, count in by_component.most_common(TOP_ROWS)]
+    own_rows = [f"| {frame} | {100 * count / total:.1f} |" for frame, count in own_inclusive.most_common(TOP_ROWS)]
     return "\n".join(
         [
             f"### Profile of Tokenport (py-spy --gil, {SAMPLE_RATE_HZ} Hz, {total} samples of the thread holding the GIL)",
             "",
-            "| function | inclusive % | exclusive % |",
-            "| --- | --- | --- |",
-            *rows,
+            "Exclusive share by component, the package or folder of the innermost frame:",
+            "",
+            "| component | % of samples |",
+            "| --- | --- |",
+            *component_rows,
+            "",
+            "Inclusive share of our own functions (marketplace/, providers/):",
+            "",
+            "| function | % of samples |",
+            "| --- | --- |",
+            *own_rows,
         ]
     )
+
+
+OWN_COMPONENTS = ("marketplace", "providers")
+
+
+def _component(frame: str) -> str:
+    """The package or project folder of a frame: py-spy names files relative to the import path
+    (`sqlalchemy/orm/session.py`, `marketplace/proxy.py`, `asyncio/tasks.py`), so that is its
+    first folder; a module at the top of the path (`threading.py`) is its own component."""
+    location = frame.rpartition(" (")[2].split(":", 1)[0]
+    parts = [part for part in location.split("/") if part]
+    if "site-packages" in parts:
+        parts = parts[parts.index("site-packages") + 1 :]
+    return parts[0].removesuffix(".py") if parts else "unknown"
 
 
 def _short(frame: str) -> str:

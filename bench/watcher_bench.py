@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from eth_account import Account
+from eth_account import Account as EthAccount
 from web3 import Web3
 
 from bench.report import table
@@ -19,6 +19,7 @@ from bench.tokenport_setup import reset_schema
 from chain.devchain import DEV_BUYER, DEV_TREASURY, AnvilProcess, deploy_dev_stablecoin, fund_wallet, mine_blocks
 from chain.watcher import DepositWatcher
 from marketplace.db import Database
+from marketplace.models import Account, Wallet
 from marketplace.schema import upgrade_schema
 from marketplace.settings import ChainSettings, TokenSettings
 
@@ -35,7 +36,7 @@ TRANSFER_GAS = 100_000
 def _send_deposits(w3: Web3, token, count: int) -> None:  # type: ignore[no-untyped-def]
     """Send `count` token transfers from the development buyer to the treasury, DEPOSITS_PER_BLOCK
     to a block, signing locally with fixed gas and fees so that each costs one RPC call."""
-    sender = Account.from_key(DEV_BUYER.private_key)
+    sender = EthAccount.from_key(DEV_BUYER.private_key)
     nonce = w3.eth.get_transaction_count(sender.address, "pending")
     chain_id = w3.eth.chain_id
     max_fee = 2 * w3.eth.get_block("latest")["baseFeePerGas"] + 10**9
@@ -65,7 +66,7 @@ def _poll_rate(watcher: DepositWatcher) -> tuple[float, int, int]:
     result = watcher.poll_once()
     elapsed_s = time.perf_counter() - started
     scanned = result.cursor_block - watcher_start(result)
-    return elapsed_s, scanned, result.credited + result.unattributed
+    return elapsed_s, scanned, result.credited
 
 
 def watcher_start(result) -> int:  # type: ignore[no-untyped-def]
@@ -76,6 +77,12 @@ def run() -> str:
     database_url = reset_schema(SCHEMA)
     db = Database(database_url)
     upgrade_schema(db)
+    with db.transaction() as session:
+        # The sending wallet belongs to an account, so each deposit is credited to its balance.
+        buyer = Account()
+        session.add(buyer)
+        session.flush()
+        session.add(Wallet(account_id=buyer.id, address=DEV_BUYER.address))
     anvil = AnvilProcess().start()
     try:
         w3 = anvil.web3()
@@ -119,7 +126,7 @@ def run() -> str:
             "### Deposit watcher on anvil",
             "",
             "One `DepositWatcher.poll_once` over each confirmed range; the deposits are token transfers to the treasury "
-            "from a wallet bound to no account, so each is recorded and credited as unattributed.",
+            "from a wallet bound to an account, so each is checked against its receipt and credited to that account.",
             "",
             table(["range", "blocks", "deposit logs", "seconds", "blocks per second", "logs per second"], rows),
         ]

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "tp-"
 SESSION_TOKEN_PREFIX = "tps-"
+# How far ahead of the server's clock a wallet's Issued At may be.
+SIWE_CLOCK_SKEW_S = 300
 
 
 def hash_secret(secret: str) -> str:
@@ -97,6 +99,8 @@ def _verify_siwe(message: str, signature: str, settings: Settings) -> tuple[str,
             f"message domain {parsed.domain!r} does not match this server's domain {settings.siwe_domain!r}",
             code="domain_mismatch",
         )
+    if parsed.uri != settings.siwe_uri:
+        raise Unauthorized(f"message URI {parsed.uri!r} does not match this server's URI {settings.siwe_uri!r}", code="uri_mismatch")
     allowed_chain_ids = {chain.chain_id for chain in settings.chains}
     if allowed_chain_ids and parsed.chain_id not in allowed_chain_ids:
         raise Unauthorized(
@@ -106,6 +110,11 @@ def _verify_siwe(message: str, signature: str, settings: Settings) -> tuple[str,
     now = utcnow()
     if parsed.expiration_time is not None and _parse_time(parsed.expiration_time) <= now:
         raise Unauthorized(f"message expired at {parsed.expiration_time}; sign a new one", code="message_expired")
+    issued_at = _parse_time(parsed.issued_at)
+    if issued_at > now + dt.timedelta(seconds=SIWE_CLOCK_SKEW_S):
+        raise Unauthorized(f"message is issued in the future ({parsed.issued_at}); check the wallet's clock", code="issued_in_future")
+    if issued_at < now - dt.timedelta(seconds=settings.siwe_nonce_ttl_s):
+        raise Unauthorized(f"message was issued at {parsed.issued_at}, before its nonce could exist; sign a new one", code="message_expired")
     if parsed.not_before is not None and _parse_time(parsed.not_before) > now:
         raise Unauthorized(f"message is not valid before {parsed.not_before}", code="message_not_yet_valid")
 

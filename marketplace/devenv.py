@@ -57,8 +57,12 @@ class DevEnvironment:
         self.anvil.stop()
 
 
-def start_dev_environment(*, anvil_port: int = 0, mock_port: int = 0, confirmations: int = 3, poll_interval_s: float = 1.0) -> DevEnvironment:
-    anvil = AnvilProcess(port=anvil_port).start()
+def start_dev_environment(
+    *, anvil_port: int = 0, mock_port: int = 0, confirmations: int = 3, poll_interval_s: float = 1.0, block_time_s: int | None = None
+) -> DevEnvironment:
+    """Start anvil with the test stablecoin and the mock upstream. With `block_time_s` anvil mines
+    a block on that interval, so deposits confirm without anyone mining by hand."""
+    anvil = AnvilProcess(port=anvil_port, block_time=block_time_s).start()
     try:
         w3 = anvil.web3()
         token = deploy_dev_stablecoin(w3)

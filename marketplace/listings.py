@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -60,10 +61,16 @@ class ListingInput:
     region: str | None = None
 
 
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:-]*")
+
+
 def validate_model_name(model: str) -> None:
-    vendor, _, name = model.partition("/")
-    if not vendor or not name:
-        raise InvalidRequest(f"model {model!r} must be written vendor/model, for example deepseek/deepseek-chat", param="model")
+    if not MODEL_NAME.fullmatch(model):
+        raise InvalidRequest(
+            f"model {model!r} must be written vendor/model in letters, digits, '.', '_', '-' or ':', "
+            "for example deepseek/deepseek-chat",
+            param="model",
+        )
 
 
 def validate_protocol(protocol: str) -> str:

@@ -47,6 +47,8 @@ def resolve_host(host: str, port: int) -> list[str]:
 
 def check_upstream_url(url: str, *, development: bool, resolve=resolve_host) -> None:  # type: ignore[no-untyped-def]
     """Raise InvalidRequest naming the rule when a supplier's upstream URL is not allowed."""
+    if any(character.isspace() for character in url):
+        raise InvalidRequest(f"upstream_base_url {url!r} must not contain whitespace", param="upstream_base_url")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"upstream_base_url {url!r} must be an http or https URL with a host", param="upstream_base_url")

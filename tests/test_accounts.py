@@ -207,6 +207,30 @@ def test_wrong_domain_is_rejected(marketplace):
     )
 
 
+def test_wrong_uri_is_rejected(marketplace):
+    nonce = request_nonce(marketplace)
+    message = siwe_message(marketplace, nonce, uri="https://evil.example/login")
+
+    response = verify(marketplace, {"message": message, "signature": sign_text(DEV_BUYER.private_key, message)})
+
+    assert_unauthorized(
+        response,
+        f"message URI 'https://evil.example/login' does not match this server's URI {marketplace.settings.siwe_uri!r}",
+        "uri_mismatch",
+    )
+
+
+def test_message_issued_in_future_is_rejected(marketplace):
+    nonce = request_nonce(marketplace)
+    issued_at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=365)
+    message = siwe_message(marketplace, nonce, issued_at=issued_at)
+
+    response = verify(marketplace, {"message": message, "signature": sign_text(DEV_BUYER.private_key, message)})
+
+    stamp = issued_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert_unauthorized(response, f"message is issued in the future ({stamp}); check the wallet's clock", "issued_in_future")
+
+
 @pytest.fixture
 def marketplace_on_dev_chain(db) -> Iterator[RunningMarketplace]:
     """The API with chain 31337 configured. Nothing connects to the RPC URL in these tests."""
