@@ -33,10 +33,7 @@ bench: install
 contracts: install
 	node contracts/build.mjs
 
-check-bench: install
-	$(BIN)/python -m bench
-
-contracts: install
+check-contracts: install
 	node contracts/build.mjs --check
 
 clean:

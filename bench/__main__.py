@@ -1,8 +1,8 @@
 """Run the whole benchmark and print its tables: `python -m bench` (or `make bench`).
 
-One run starts the mock upstream, then measures in turn, one server at a time: the mock called
+One run starts the mock upstream and then measures, one server at a time: the mock called
 directly (the floor), a bare pass-through proxy, Tokenport with full metering on PostgreSQL,
-the LiteLLM proxy and Portkey's gateway, each non-streaming and streaming, at fixed
+the LiteLLM proxy and Portkey's gateway. Each is loaded non-streaming and streaming, at fixed
 concurrencies (wrk) and at a fixed rate (hey), each with a fixed request count. Then it measures
 the ledger on PostgreSQL, the deposit watcher on anvil and, when bench/settlement_tree.py is
 present, the settlement tree. Every figure printed comes from this one run.
@@ -79,7 +79,12 @@ def tool_versions() -> str:
         try:
             completed = subprocess.run(command, capture_output=True, text=True, timeout=10)
             output = (completed.stdout + completed.stderr).strip().splitlines()
-            versions.append(output[0] if output and command[0] != "hey" else "hey (Debian package)")
+            if command[0] == "hey":
+                versions.append("hey (Debian package)")
+            elif command[0] == "node":
+                versions.append(f"node {output[0] if output else 'unknown'}")
+            else:
+                versions.append(output[0] if output else f"{command[0]}: no version printed")
         except (OSError, subprocess.TimeoutExpired):
             versions.append(f"{command[0]}: not found")
     return "; ".join(versions)
@@ -257,7 +262,8 @@ def run_extras(run: Run) -> None:
         run.say("measuring the settlement tree (bench/settlement_tree.py)")
         completed = subprocess.run([sys.executable, "-m", "bench.settlement_tree"], capture_output=True, text=True)
         output = completed.stdout.strip() or completed.stderr.strip()
-        run.sections.append(f"### Settlement tree (bench/settlement_tree.py, exit {completed.returncode})\n\n{output}")
+        # The script prints plain text with aligned columns, kept as it is in a code block.
+        run.sections.append(f"### Settlement tree (bench/settlement_tree.py, exit {completed.returncode})\n\n```\n{output}\n```")
     else:
         run.sections.append("### Settlement tree\n\nNot measured: bench/settlement_tree.py is not present.")
 
@@ -267,7 +273,7 @@ def render(run: Run, elapsed_s: float) -> str:
     parts = [
         f"## Run of {run.started_at:%Y-%m-%d %H:%M} UTC",
         "",
-        f"Command: `python -m bench {' '.join(sys.argv[1:])}`".replace("  ", " ").replace(" `", "`"),
+        f"Command: `{' '.join(['python -m bench', *sys.argv[1:]])}`",
         "",
         f"Machine: {machine_description()}. Tools: {tool_versions()}.",
         "",

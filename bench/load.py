@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_report.lua")
-# Upper bound on one wrk run; a run that reaches it has sent fewer requests than asked, and the
-# result says so through its request count.
+# Upper bound on one wrk run. A run that reaches it has sent fewer requests than requested, and
+# its result shows that in its request count.
 WRK_MAX_DURATION_S = 300
 REQUEST_TIMEOUT_S = 30
 

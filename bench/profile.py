@@ -86,9 +86,12 @@ OWN_COMPONENTS = ("marketplace", "providers")
 
 
 def _component(frame: str) -> str:
-    """The package or project folder of a frame: py-spy names files relative to the import path
-    (`sqlalchemy/orm/session.py`, `marketplace/proxy.py`, `asyncio/tasks.py`), so that is its
-    first folder; a module at the top of the path (`threading.py`) is its own component."""
+    """Return the package or project folder of a frame.
+
+    py-spy names files relative to the import path (`sqlalchemy/orm/session.py`,
+    `marketplace/proxy.py`, `asyncio/tasks.py`), so the first folder is the component. A module
+    at the top of the path (`threading.py`) is its own component.
+    """
     location = frame.rpartition(" (")[2].split(":", 1)[0]
     parts = [part for part in location.split("/") if part]
     if "site-packages" in parts:

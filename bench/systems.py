@@ -20,14 +20,14 @@ LITELLM_VENV = BENCH_DIR / ".venv-litellm"
 # litellm 1.106.12 is the newest release whose `proxy` extra installs from PyPI here: from
 # 1.108 on it pins litellm-enterprise and litellm-proxy releases that PyPI does not serve.
 LITELLM_REQUIREMENT = "litellm[proxy]==1.106.12"
-# The Prisma client that LiteLLM's proxy asks for when a database URL is set.
+# The Prisma client that LiteLLM's proxy requires when a database URL is set.
 PRISMA_REQUIREMENT = "prisma==0.15.0"
 PORTKEY_DIR = BENCH_DIR / "portkey"
 PORTKEY_SERVER = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
 LITELLM_MASTER_KEY = "sk-bench-litellm-master"
 
 PROMPT = [{"role": "user", "content": "Say hello to the benchmark"}]
-# The mock answers with one token per word, so 16 tokens are 16 stream chunks.
+# The mock replies with one token per word, so 16 tokens are 16 stream chunks.
 MAX_TOKENS = 16
 
 
@@ -105,13 +105,13 @@ def start_tokenport(database_url: str, api_key: str, log_dir: Path, redis_url: s
 def install_litellm(log_dir: Path) -> Path:
     """Create bench/.venv-litellm with the pinned LiteLLM proxy, once; return its `litellm` command."""
     marker = LITELLM_VENV / ".installed"
-    wanted = f"{LITELLM_REQUIREMENT} {PRISMA_REQUIREMENT}"
-    if not (marker.is_file() and marker.read_text() == wanted):
+    expected = f"{LITELLM_REQUIREMENT} {PRISMA_REQUIREMENT}"
+    if not (marker.is_file() and marker.read_text() == expected):
         with open(log_dir / "litellm-install.log", "w") as log:
             subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True, stdout=log, stderr=subprocess.STDOUT)
             pip = [str(LITELLM_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
             subprocess.run([*pip, LITELLM_REQUIREMENT, PRISMA_REQUIREMENT], check=True, stdout=log, stderr=subprocess.STDOUT)
-        marker.write_text(wanted)
+        marker.write_text(expected)
     return LITELLM_VENV / "bin" / "litellm"
 
 

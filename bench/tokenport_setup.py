@@ -1,8 +1,8 @@
 """A fresh PostgreSQL schema for the benchmark, with one listing, one buyer, an API key and a balance.
 
 Everything goes through the same domain functions as the API, so the benchmarked calls meet the
-same rows as production calls: a listing of deepseek/deepseek-chat at a discount, routed to the
-mock upstream, and a buyer whose balance covers every call of the run.
+same rows as production calls. The data is a listing of deepseek/deepseek-chat at a discount,
+routed to the mock upstream, and a buyer whose balance covers every call of the run.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
--- Loaded by bench/load.py into wrk. Sends one fixed POST request; when a thread has received
--- its share of the fixed request count it prints "BENCH-DONE" and stops, and load.py then ends
--- wrk with SIGINT. done() prints the figures as one JSON line after "BENCH-JSON ". The duration
--- runs from a thread's first request to its last response, read from CLOCK_MONOTONIC, because
--- wrk's own duration also counts the wait for that signal.
+-- Loaded by bench/load.py into wrk, it sends one fixed POST request over and over. When a
+-- thread has received its share of the fixed request count, it prints "BENCH-DONE" and stops,
+-- and load.py then ends wrk with SIGINT. done() prints the figures as one JSON line after
+-- "BENCH-JSON ". The duration runs from a thread's first request to its last response, read
+-- from CLOCK_MONOTONIC, because wrk's own duration also counts the wait for that signal.
 -- Script arguments: requests per thread, path of the body file, then "Name: value" headers.
 
 local ffi = require("ffi")

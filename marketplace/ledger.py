@@ -332,11 +332,11 @@ def post_hold_and_split(
     """Post a hold and pass the posted amount on from the hold's credit account, in one pass.
 
     Writes the same transfers, with the same ids and idempotency, as `post_hold` followed by one
-    `transfer` per split, but it inserts the transfer rows first and updates each account row
-    once, last: the accounts that every call shares (the clearing account, a busy buyer) then
-    stay locked only from those updates to the commit. The rows are updated in a fixed order
-    (the hold's debit account, its credit account, then the split accounts), the same order in
-    which `place_hold` and `transfer` lock them, so concurrent calls cannot deadlock.
+    `transfer` per split. It inserts the transfer rows first and then updates each account row
+    once, so the accounts that every call shares (the clearing account, a busy buyer) stay
+    locked only from those updates to the commit. The rows are updated in a fixed order: the
+    hold's debit account, its credit account, then the split accounts. `place_hold` and
+    `transfer` lock in that order too, so concurrent calls cannot deadlock on these rows.
     Returns the balance of the hold's debit account afterwards.
     """
     resolution_id = f"{hold_id}:post"
@@ -429,7 +429,7 @@ def post_hold_and_split(
 def _transfer_row(
     transfer_id: str, debit_id: int, credit_id: int, amount_nano_usd: int, code: str, *, pending_id: str | None = None, reference: str | None = None
 ) -> dict:
-    """The columns of a new posted transfer, for a Core INSERT of several rows in one statement."""
+    """Build the columns of a new posted transfer, for a Core INSERT of several rows at once."""
     return {
         "id": transfer_id,
         "debit_account_id": debit_id,

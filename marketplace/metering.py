@@ -182,8 +182,10 @@ def settle_call(
 
 
 def _call_accounts(session: Session, account_id: int, supplier_id: int | None = None) -> list[ledger.LedgerAccount]:
-    """The buyer and clearing accounts of a call, then the supplier and revenue accounts when
-    `supplier_id` is given, read in one query and created when missing."""
+    """Read a call's buyer and clearing accounts in one query, creating any that is missing.
+
+    With `supplier_id`, the supplier and platform revenue accounts follow in the same query.
+    """
     specs = [
         (ledger.buyer_account_name(account_id), "buyer", account_id, True),
         (ledger.USAGE_CLEARING, "usage_clearing", None, False),

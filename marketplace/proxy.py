@@ -41,9 +41,9 @@ TEMPLATE_TOKENS_PER_MESSAGE = 8
 TEMPLATE_TOKENS_PER_REQUEST = 16
 # Worker threads that run the proxy's database transactions at once, per process. Every call's
 # transactions update the same shared ledger rows, so more threads only queue on those row locks
-# and on the GIL: on a 2-core machine 4 threads gave about 25% more calls per second than
-# anyio's default of 40 (bench/ in docs/benchmarks.md). It stays below the default pool size
-# of 5 connections, so no transaction waits for a connection.
+# and on the GIL. On a 2-core machine 4 threads gave about 25% more calls per second than
+# anyio's default of 40 (measured with bench/, see docs/benchmarks.md). 4 stays below the
+# default pool size of 5 connections, so no transaction waits for a connection.
 METERING_DB_THREADS = 4
 # Larger than any model's output limit, and small enough that costs stay far inside 64 bits.
 MAX_OUTPUT_TOKENS = 10_000_000

@@ -757,3 +757,60 @@ def test_concurrent_account_creation_returns_one_account(db, database_url):
 
     assert second_result.get("error") is None, f"second transaction failed: {second_result.get('error')!r}"
     assert second_result.get("id") == first_id
+
+
+def _post_and_split(db: Database, hold_id: str, posted: int, supplier_share: int) -> ledger.Balance:
+    with db.transaction() as session:
+        supplier = ledger.get_or_create_account(session, "supplier:77", "supplier_payable")
+        revenue = ledger.get_or_create_account(session, ledger.PLATFORM_REVENUE, "platform_revenue")
+        splits = [
+            ledger.Split(f"{hold_id}:supplier", supplier, supplier_share, "usage_supplier"),
+            ledger.Split(f"{hold_id}:fee", revenue, posted - supplier_share, "usage_fee"),
+        ]
+        return ledger.post_hold_and_split(session, hold_id, posted, splits)
+
+
+def test_post_and_split_moves_exact_amounts(db):
+    buyer_id = create_buyer(db)
+    deposit(db, buyer_id, 1_000, "deposit-1")
+    place_hold(db, buyer_id, "hold-1", 600)
+
+    balance = _post_and_split(db, "hold-1", 400, 380)
+
+    assert balance.posted_nano_usd == 600
+    assert balance.pending_debits_nano_usd == 0
+    assert read_account(db, "supplier:77").credits_posted_nano_usd == 380
+    assert read_account(db, ledger.PLATFORM_REVENUE).credits_posted_nano_usd == 20
+    clearing = read_account(db, ledger.USAGE_CLEARING)
+    assert clearing.credits_posted_nano_usd - clearing.debits_posted_nano_usd == 0
+    assert read_totals(db).balanced is True
+
+
+def test_post_and_split_repeated_changes_nothing(db):
+    buyer_id = create_buyer(db)
+    deposit(db, buyer_id, 1_000, "deposit-1")
+    place_hold(db, buyer_id, "hold-1", 600)
+    _post_and_split(db, "hold-1", 400, 380)
+
+    balance = _post_and_split(db, "hold-1", 400, 380)
+
+    assert balance.posted_nano_usd == 600
+    assert read_account(db, "supplier:77").credits_posted_nano_usd == 380
+    assert count_resolutions(db, "hold-1") == 1
+    assert read_totals(db).balanced is True
+
+
+def test_post_and_split_after_void_is_rejected(db):
+    buyer_id = create_buyer(db)
+    deposit(db, buyer_id, 1_000, "deposit-1")
+    place_hold(db, buyer_id, "hold-1", 600)
+    with db.transaction() as session:
+        ledger.void_hold(session, "hold-1")
+
+    with pytest.raises(ledger.HoldAlreadyResolved):
+        _post_and_split(db, "hold-1", 400, 380)
+
+    assert read_buyer(db, buyer_id).debits_posted_nano_usd == 0
+    assert read_buyer(db, buyer_id).debits_pending_nano_usd == 0
+    assert count_resolutions(db, "hold-1") == 1
+    assert read_totals(db).balanced is True
