@@ -94,7 +94,7 @@ class ChatCompletionRequest(BaseModel):
     _prompt_tokens: int | None = PrivateAttr(default=None)
 
     def prompt_tokens_estimate(self) -> int:
-        """The local token count of the messages, computed once per request."""
+        """Count the messages' tokens locally, once per request, and return the count."""
         if self._prompt_tokens is None:
             self._prompt_tokens = count_prompt_tokens(self.messages)
         return self._prompt_tokens
@@ -135,7 +135,7 @@ def new_generation_id() -> str:
 
 
 def prompt_token_bound(messages: list[dict[str, Any]], extra: Any = None) -> int:
-    """An upper bound on the prompt tokens: one per UTF-8 byte of the messages and of whatever
+    """Bound the prompt tokens from above: one per UTF-8 byte of the messages and of whatever
     else the upstream reads as input (tools, response format), plus template overhead."""
     size = len(json.dumps(messages, ensure_ascii=False, separators=(",", ":")).encode())
     if extra:
@@ -179,7 +179,7 @@ def _text_of_choice(choice: dict[str, Any]) -> str:
 
 
 def should_fall_back(exc: UpstreamError) -> bool:
-    """Whether another listing may succeed where this one failed.
+    """Return whether another listing may succeed where this one failed.
 
     A 400 or 422 from the upstream rejects the buyer's request itself, so it is returned as is.
     A 401, 403 or 404 means the supplier's credential or model name is broken. A client error
@@ -192,7 +192,7 @@ def should_fall_back(exc: UpstreamError) -> bool:
 
 
 def counts_against_listing(exc: UpstreamError) -> bool:
-    """Whether a failure says something about the listing's health."""
+    """Return whether a failure reflects on the listing's health."""
     return should_fall_back(exc) and not (exc.kind == "client_error" and exc.status_code is None)
 
 
@@ -296,7 +296,7 @@ class MeteringProxy:
         body = request.model_dump(exclude_none=True, exclude={"provider"})
         body["model"] = listing.upstream_model
         if request.max_tokens is None and request.max_completion_tokens is None:
-            # The hold assumes this bound, so the upstream must be told it too.
+            # The hold assumes this bound, so the upstream request must carry it too.
             body["max_tokens"] = max_completion
         return body
 
@@ -409,7 +409,7 @@ class MeteringProxy:
         return candidates, key_reservations, new_generation_id()
 
     def _exhausted(self, request: ChatCompletionRequest, last_error: UpstreamError | None) -> Exception:
-        """The error for a call whose every candidate failed or was at its supplier limits."""
+        """Build the error for a call whose every candidate failed or was at its supplier limits."""
         if last_error is not None:
             return _upstream_error(last_error)
         return RateLimited(
@@ -578,7 +578,7 @@ class MeteringProxy:
                 await upstream.aclose()  # type: ignore[attr-defined]
 
     def _reported_usage(self, adapter: Adapter, chunk: dict[str, Any], generation_id: str) -> Usage | None:
-        """The usage in an adapter's chunk, read the adapter's way so cache writes are kept."""
+        """Read the usage of an adapter's chunk the adapter's way, so cache writes are kept."""
         try:
             return adapter.usage_from_chunk(chunk)
         except InvalidUsageError as exc:

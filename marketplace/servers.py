@@ -15,14 +15,15 @@ STOP_TIMEOUT_S = 10.0
 class BackgroundServer:
     """An ASGI app served on 127.0.0.1 from a daemon thread. Port 0 picks a free port."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, name: str = "server") -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, name: str = "server", **config_options) -> None:  # type: ignore[no-untyped-def]
         self.name = name
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.host = host
         self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+        options = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 2, **config_options}
+        config = uvicorn.Config(app, **options)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, name=name, daemon=True)
 

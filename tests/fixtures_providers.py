@@ -8,21 +8,17 @@ first.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
+from marketplace.servers import BackgroundServer
 from providers.mock_upstream import MOCK_API_KEY, create_mock_app
 
-# Bounds on waiting for the server thread, so a broken start fails the session instead of hanging.
-SERVER_START_TIMEOUT_S = 10.0
-SERVER_STOP_TIMEOUT_S = 10.0
+# Timeout of each control request (stats, reset, faults) to the mock.
 CONTROL_REQUEST_TIMEOUT_S = 5.0
 # The `timeout` fault waits this long at most, so tests set client timeouts well below it.
 TIMEOUT_FAULT_S = 5.0
@@ -80,37 +76,11 @@ class MockUpstream:
 @pytest.fixture(scope="session")
 def mock_upstream() -> Iterator[MockUpstream]:
     app = create_mock_app(MOCK_API_KEY, timeout_fault_s=TIMEOUT_FAULT_S)
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-        ws="none",
-    )
-    server = uvicorn.Server(config)
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="mock-upstream", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the mock upstream did not start; see the uvicorn log above")
-        time.sleep(0.01)
-
+    server = BackgroundServer(app, name="mock-upstream", lifespan="off", ws="none").start()
     try:
-        yield MockUpstream(port, MOCK_API_KEY)
+        yield MockUpstream(server.port, MOCK_API_KEY)
     finally:
-        server.should_exit = True
-        thread.join(SERVER_STOP_TIMEOUT_S)
-        sock.close()
+        server.stop()
 
 
 @pytest.fixture
