@@ -11,6 +11,7 @@ import logging
 
 from sqlalchemy import update
 
+from marketplace import listings
 from marketplace.db import Database
 from marketplace.models import Listing, utcnow
 from marketplace.ratelimit import RateLimiter
@@ -46,6 +47,7 @@ class HealthTracker:
                 .where(Listing.id == listing_id, Listing.status == "active")
                 .values(status="paused", paused_reason=reason, paused_at=utcnow())
             )
+        listings.note_listing_change()
         if result.rowcount:
             logger.warning("listing paused", extra={"listing_id": listing_id, "reason": reason})
         return bool(result.rowcount)
@@ -64,6 +66,7 @@ def reactivate(db: Database, listing_id: int) -> bool:
         result = session.execute(
             update(Listing).where(Listing.id == listing_id, Listing.status == "paused").values(status="active", paused_reason=None, paused_at=None)
         )
+    listings.note_listing_change()
     if result.rowcount:
         logger.info("listing reactivated after a successful probe", extra={"listing_id": listing_id})
     return bool(result.rowcount)

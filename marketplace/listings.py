@@ -6,7 +6,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from marketplace import ledger
@@ -20,6 +20,36 @@ from marketplace.upstream_safety import check_upstream_url
 from providers.registry import ALIASES, SUPPORTED_PROTOCOLS
 
 logger = logging.getLogger(__name__)
+
+_changes = 0
+
+
+def note_listing_change() -> None:
+    """Count a listing write of this process, so the proxy's listing cache reads again."""
+    global _changes
+    _changes += 1
+
+
+def listing_changes() -> int:
+    return _changes
+
+
+@event.listens_for(Session, "before_flush")
+def _mark_listing_writes(session: Session, _context, _instances) -> None:  # type: ignore[no-untyped-def]
+    if any(isinstance(item, Listing) for item in (*session.new, *session.dirty, *session.deleted)):
+        session.info["listing_written"] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _count_listing_writes(session: Session) -> None:
+    # Counted after the commit, so a cache that reloads on the new count reads the new rows.
+    if session.info.pop("listing_written", False):
+        note_listing_change()
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_listing_writes(session: Session) -> None:
+    session.info.pop("listing_written", None)
 
 
 

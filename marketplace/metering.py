@@ -35,6 +35,11 @@ class OpenedCall:
     hold_id: str
     hold_nano_usd: int
     started_at: dt.datetime
+    # Whose call it is and the spend-limit period its hold was reserved in, so that settling
+    # needs nothing but this record.
+    account_id: int | None = None
+    api_key_id: int | None = None
+    spend_period: str | None = None
 
 
 def open_call(
@@ -106,7 +111,8 @@ def open_call(
             f"{exc.requested_nano_usd} nano-USD; top up, or lower max_tokens",
             code="insufficient_balance",
         ) from exc
-    return OpenedCall(generation_id, hold_id, hold_nano_usd, now if attempt == 0 else _started_at(db, generation_id))
+    started_at = now if attempt == 0 else _started_at(db, generation_id)
+    return OpenedCall(generation_id, hold_id, hold_nano_usd, started_at, account_id, api_key_id, period)
 
 
 def _started_at(db: Database, generation_id: str) -> dt.datetime:

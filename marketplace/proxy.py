@@ -6,9 +6,11 @@ the metered cost and release the rest. The response's `usage` is exactly what wa
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, ValidationError
 from sqlalchemy import select
 
-from marketplace import listings, metering
+from marketplace import listings, metering, metering_batch
 from marketplace.credentials import decrypt_credential
 from marketplace.db import Database
 from marketplace.errors import Forbidden, InvalidRequest, NotFound, RateLimited, UpstreamFailed, UpstreamUnavailable
@@ -217,6 +219,13 @@ class MeteringProxy:
         self.limiter = limiter
         self.health = HealthTracker(db, settings, limiter)
         self.db_threads = anyio.CapacityLimiter(METERING_DB_THREADS)
+        self.metering = metering_batch.MeteringBatcher(db)
+        self._listing_cache: dict[str, tuple[float, int, list[tuple[Listing, str]]]] = {}
+        self._credentials: dict[str, str] = {}
+
+    def close(self) -> None:
+        """Commit every queued metering write and stop the writer thread."""
+        self.metering.stop()
 
     # Routing and limits ---------------------------------------------------------------------
 
@@ -229,11 +238,28 @@ class MeteringProxy:
             )
             return [(listing, name) for listing, name in rows]
 
+    async def _candidates(self, model: str) -> list[tuple[Listing, str]]:
+        """A model's active listings, read at most once per `listing_cache_ttl_s` per process.
+
+        Entries are dropped when this process writes any listing, so its own pauses and
+        supplier edits take effect on the next call.
+        """
+        now = time.monotonic()
+        changes = listings.listing_changes()
+        cached = self._listing_cache.get(model)
+        if cached is not None and cached[0] > now and cached[1] == changes:
+            return cached[2]
+        rows = await anyio.to_thread.run_sync(self._load_candidates, model, limiter=self.db_threads)
+        if len(self._listing_cache) > 10_000:
+            self._listing_cache.clear()
+        self._listing_cache[model] = (now + self.settings.listing_cache_ttl_s, changes, rows)
+        return rows
+
     async def _route(self, caller: Caller, request: ChatCompletionRequest) -> list[Listing]:
         if caller.allowed_models is not None and request.model not in caller.allowed_models:
             raise Forbidden(f"model {request.model!r} is not in this API key's allowlist", param="model", code="model_not_allowed")
         preferences = parse_preferences(request.provider)
-        available = await anyio.to_thread.run_sync(self._load_candidates, request.model, limiter=self.db_threads)
+        available = await self._candidates(request.model)
         if not available:
             raise NotFound(f"model {request.model!r} is not on sale; GET /v1/models lists what is", param="model", code="model_not_found")
         ordered = order_candidates(available, preferences)
@@ -301,7 +327,14 @@ class MeteringProxy:
         return body
 
     async def _open_attempt(
-        self, caller: Caller, request: ChatCompletionRequest, listing: Listing, generation_id: str, attempt: int, key_reservations: list[Reservation]
+        self,
+        caller: Caller,
+        request: ChatCompletionRequest,
+        listing: Listing,
+        generation_id: str,
+        attempt: int,
+        key_reservations: list[Reservation],
+        started_at: dt.datetime | None = None,
     ) -> OpenCall | None:
         """Place the hold for one listing; None when the listing is at its supplier limits."""
         max_completion = request.max_tokens or request.max_completion_tokens or listing.max_output_tokens or self.settings.default_max_output_tokens
@@ -318,9 +351,8 @@ class MeteringProxy:
 
         hold = max_cost_nano_usd(prompt_token_bound(request.messages, prompt_input_extras(request)), max_completion * request.n, listings.listing_prices(listing))
         try:
-            call = await anyio.to_thread.run_sync(
-                lambda: metering.open_call(
-                    self.db,
+            call = await self.metering.open(
+                metering_batch.OpenRequest(
                     generation_id=generation_id,
                     account_id=caller.account_id,
                     api_key_id=caller.api_key_id,
@@ -332,8 +364,8 @@ class MeteringProxy:
                     spend_limit_nano_usd=caller.spend_limit_nano_usd,
                     spend_limit_period=caller.spend_limit_period,
                     attempt=attempt,
-                ),
-                limiter=self.db_threads,
+                    started_at=started_at,
+                )
             )
         except BaseException:
             await self._release_reservations(supplier_reservations)
@@ -361,9 +393,7 @@ class MeteringProxy:
             extra={"generation_id": call.generation_id, "listing_id": opened.listing.id, "kind": exc.kind, "status": exc.status_code},
         )
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(
-                lambda: metering.fail_call(self.db, call, error=f"{exc.kind}: {exc.message}"), limiter=self.db_threads
-            )
+            await self.metering.fail(metering_batch.FailRequest(call, f"{exc.kind}: {exc.message}"))
             await self._correct_token_reservations(opened.token_reservations, None)
             if counts_against_listing(exc):
                 await self.health.record(opened.listing.id, ok=False, detail=f"{exc.kind} {exc.status_code or ''}".strip())
@@ -372,16 +402,15 @@ class MeteringProxy:
         """Release the hold of an attempt that failed on an error of ours, not the upstream's."""
         logger.exception("call failed on an internal error; releasing its hold", extra={"generation_id": opened.call.generation_id})
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: metering.fail_call(self.db, opened.call, error="internal error"))
+            await self.metering.fail(metering_batch.FailRequest(opened.call, "internal error"))
             await self._correct_token_reservations(opened.token_reservations, None)
 
     async def _settle(self, opened: OpenCall, usage: Usage, status: str, error: str | None = None) -> metering.SettledCall:
         listing = opened.listing
         cost = cost_nano_usd(usage, listings.listing_prices(listing))
         with anyio.CancelScope(shield=True):
-            settled = await anyio.to_thread.run_sync(
-                lambda: metering.settle_call(
-                    self.db,
+            settled = await self.metering.settle(
+                metering_batch.SettleRequest(
                     opened.call,
                     usage=usage,
                     cost_nano_usd=cost,
@@ -389,14 +418,20 @@ class MeteringProxy:
                     fee_bps=self.settings.platform_fee_bps,
                     status=status,
                     error=error,
-                ),
-                limiter=self.db_threads,
+                )
             )
             await self._correct_token_reservations(opened.token_reservations + opened.key_reservations, usage)
         return settled
 
     def _credential(self, listing: Listing) -> str:
-        return decrypt_credential(self.settings, listing.upstream_credential_encrypted)
+        encrypted = listing.upstream_credential_encrypted
+        plaintext = self._credentials.get(encrypted)
+        if plaintext is None:
+            plaintext = decrypt_credential(self.settings, encrypted)
+            if len(self._credentials) > 10_000:
+                self._credentials.clear()
+            self._credentials[encrypted] = plaintext
+        return plaintext
 
     # Calls -----------------------------------------------------------------------------------
 
@@ -422,12 +457,14 @@ class MeteringProxy:
         candidates, key_reservations, generation_id = await self._prepare(caller, request)
         last_error: UpstreamError | None = None
         attempt = 0
+        started_at: dt.datetime | None = None
         try:
             for listing in candidates:
-                opened = await self._open_attempt(caller, request, listing, generation_id, attempt, key_reservations)
+                opened = await self._open_attempt(caller, request, listing, generation_id, attempt, key_reservations, started_at)
                 if opened is None:
                     continue
                 attempt += 1
+                started_at = opened.call.started_at
                 adapter = get_adapter(listing.upstream_protocol)
                 try:
                     result = await adapter.complete(
@@ -475,12 +512,14 @@ class MeteringProxy:
         candidates, key_reservations, generation_id = await self._prepare(caller, request)
         last_error: UpstreamError | None = None
         attempt = 0
+        started_at: dt.datetime | None = None
         try:
             for listing in candidates:
-                opened = await self._open_attempt(caller, request, listing, generation_id, attempt, key_reservations)
+                opened = await self._open_attempt(caller, request, listing, generation_id, attempt, key_reservations, started_at)
                 if opened is None:
                     continue
                 attempt += 1
+                started_at = opened.call.started_at
                 adapter = get_adapter(listing.upstream_protocol)
                 upstream = adapter.stream(
                     self.client, listing.upstream_base_url, self._credential(listing), opened.body, self.settings.upstream_timeout_s

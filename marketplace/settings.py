@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     listing_health_error_rate_pct: int = Field(default=50, ge=1, le=100)
     listing_probe_interval_s: float = Field(default=60.0, gt=0)
     api_key_cache_ttl_s: float = Field(default=5.0, ge=0)
+    # How long the proxy reuses a model's active listings before reading them again. A change
+    # made through this process is seen at once; one made through another process within this.
+    listing_cache_ttl_s: float = Field(default=1.0, ge=0)
 
     # Supplier payouts: a supplier whose available earnings reach the threshold is paid on the
     # payout chain (None means the first configured chain) from the treasury. Development mode

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import anyio
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,10 +58,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
         limiter = create_rate_limiter(settings.redis_url, settings.redis_key_prefix)
         async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s) as client:
-            app.state.proxy = MeteringProxy(db, settings, client, limiter)
+            app.state.proxy = proxy = MeteringProxy(db, settings, client, limiter)
             try:
                 yield
             finally:
+                await anyio.to_thread.run_sync(proxy.close)
                 await limiter.close()
 
     upgrade_schema(db)
