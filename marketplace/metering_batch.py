@@ -127,9 +127,11 @@ class _Batch:
 class MeteringBatcher:
     """Queue metering writes from the event loop and apply them in batches on one thread."""
 
-    def __init__(self, db: Database, *, max_batch: int = MAX_BATCH_OPERATIONS) -> None:
+    def __init__(self, db: Database, *, max_batch: int = MAX_BATCH_OPERATIONS, autostart: bool = True) -> None:
         self.db = db
         self.max_batch = max_batch
+        # Without autostart, operations wait in the queue until `start()`.
+        self.autostart = autostart
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._connection: Connection | None = None
@@ -137,8 +139,10 @@ class MeteringBatcher:
         # read, stays right; only ids are kept here, never balances.
         self._account_ids: dict[str, int] = {}
         self._new_account_ids: dict[str, int] = {}
+        # Committed batches and their operations, and batches that were applied one by one.
         self.batches = 0
         self.operations = 0
+        self.fallbacks = 0
 
     # The event loop side -----------------------------------------------------------------------
 
@@ -163,7 +167,8 @@ class MeteringBatcher:
         Waiting is shielded from cancellation: once queued, an operation commits whatever the
         caller does, so the caller must see its result to release what it holds.
         """
-        self.start()
+        if self.autostart:
+            self.start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put(_Pending(operation, loop, future))
@@ -206,6 +211,7 @@ class MeteringBatcher:
         except Exception:
             logger.warning("metering batch failed; applying its operations one by one", exc_info=True, extra={"operations": len(batch)})
             self._drop_connection()
+            self.fallbacks += 1
             for pending in batch:
                 try:
                     outcome: Any = self._apply_alone(pending.operation)

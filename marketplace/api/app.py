@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             try:
                 yield
             finally:
+                await proxy.health.close()
                 await anyio.to_thread.run_sync(proxy.close)
                 await limiter.close()
 
