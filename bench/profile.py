@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,7 +20,9 @@ def start_py_spy(pid: int, output_stem: Path) -> subprocess.Popen:
     Only the thread holding the GIL is sampled, so the shares are of the CPU time the process
     spends in Python, not of time spent waiting for the database or the network.
     """
-    py_spy = shutil.which("py-spy")
+    # The bench extra installs py-spy beside this interpreter, which need not be on PATH.
+    beside = Path(sys.executable).parent / "py-spy"
+    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
     if py_spy is None:
         raise RuntimeError("py-spy is not installed; install the bench extra: pip install -e '.[bench]'")
     command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", str(SAMPLE_RATE_HZ), "--gil", "-o", f"{output_stem}.txt"]

@@ -93,14 +93,14 @@ Operation = OpenRequest | SettleRequest | FailRequest
 
 
 @dataclass
-class _Pending:
+class Pending:
     operation: Operation
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
 
 
 @dataclass
-class _Batch:
+class Batch:
     """What one batch writes, gathered while its operations are decided in order."""
 
     now: dt.datetime
@@ -125,16 +125,13 @@ class _Batch:
 
 
 class MeteringBatcher:
-    """Queue metering writes from the event loop and apply them in batches on one thread."""
+    """Queue metering writes and apply them in batches; `create_batcher` picks the writer."""
 
     def __init__(self, db: Database, *, max_batch: int = MAX_BATCH_OPERATIONS, autostart: bool = True) -> None:
         self.db = db
         self.max_batch = max_batch
         # Without autostart, operations wait in the queue until `start()`.
         self.autostart = autostart
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._connection: Connection | None = None
         # Ledger account ids by name. An account is never deleted or renamed, so an id, once
         # read, stays right; only ids are kept here, never balances.
         self._account_ids: dict[str, int] = {}
@@ -144,22 +141,15 @@ class MeteringBatcher:
         self.operations = 0
         self.fallbacks = 0
 
-    # The event loop side -----------------------------------------------------------------------
-
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="metering-batcher", daemon=True)
-            self._thread.start()
+        raise NotImplementedError
 
-    def stop(self) -> None:
-        """Finish every queued operation, then stop the thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+    async def close(self) -> None:
+        """Commit every queued operation, then stop."""
+        raise NotImplementedError
+
+    def _enqueue(self, pending: Pending) -> None:
+        raise NotImplementedError
 
     async def submit(self, operation: Operation) -> Any:
         """Queue one operation and wait for its commit; raises what the operation raised.
@@ -171,7 +161,7 @@ class MeteringBatcher:
             self.start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(_Pending(operation, loop, future))
+        self._enqueue(Pending(operation, loop, future))
         return await asyncio.shield(future)
 
     async def open(self, request: OpenRequest) -> metering.OpenedCall:
@@ -182,56 +172,6 @@ class MeteringBatcher:
 
     async def fail(self, request: FailRequest) -> None:
         await self.submit(request)
-
-    # The writer thread -------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._apply_batch(batch)
-            if stop:
-                return
-
-    def _apply_batch(self, batch: list[_Pending]) -> None:
-        try:
-            outcomes = self._write_batch([pending.operation for pending in batch])
-        except Exception:
-            logger.warning("metering batch failed; applying its operations one by one", exc_info=True, extra={"operations": len(batch)})
-            self._drop_connection()
-            self.fallbacks += 1
-            for pending in batch:
-                try:
-                    outcome: Any = self._apply_alone(pending.operation)
-                except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
-                    outcome = exc
-                _resolve(pending, outcome)
-            return
-        self.batches += 1
-        self.operations += len(batch)
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            _resolve(pending, outcome)
-
-    def _drop_connection(self) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.invalidate()
-                self._connection.close()
-            except Exception:  # noqa: BLE001 - the connection is discarded either way
-                logger.debug("closing a failed metering connection failed", exc_info=True)
-            self._connection = None
 
     def _apply_alone(self, operation: Operation) -> Any:
         """Apply one operation in its own transaction, through the reference functions."""
@@ -263,6 +203,127 @@ class MeteringBatcher:
             )
         metering.fail_call(self.db, operation.call, error=operation.error)
         return None
+
+    def _decide(self, batch: Batch, operations: list[Operation], ids: dict[str, int], spend_rows, balances) -> list[Any]:  # type: ignore[no-untyped-def]
+        """Decide every operation in queue order against the locked rows, gathering the writes."""
+        clearing = ids[ledger.USAGE_CLEARING]
+        outcomes: list[Any] = []
+        for operation in operations:
+            spend_key = spend_key_of(operation, batch.now)
+            buyer = ids[ledger.buyer_account_name(owner_of(operation))]
+            if isinstance(operation, OpenRequest):
+                outcomes.append(decide_open(batch, operation, spend_key, spend_rows, balances, buyer, clearing))
+            elif isinstance(operation, SettleRequest):
+                supplier = ids[ledger.supplier_account_name(operation.supplier_id)]
+                revenue = ids[ledger.PLATFORM_REVENUE]
+                outcomes.append(decide_settle(batch, operation, spend_key, spend_rows, balances, buyer, clearing, supplier, revenue))
+            else:
+                outcomes.append(decide_fail(batch, operation, spend_key, spend_rows, balances, buyer, clearing))
+        return outcomes
+
+
+def account_specs(operations: list[Operation]) -> list[tuple[str, str, int | None, bool]]:
+    """The ledger accounts a batch touches: (name, code, owner account id, constrained), buyers first."""
+    specs: list[tuple[str, str, int | None, bool]] = [
+        (ledger.buyer_account_name(owner), "buyer", owner, True) for owner in sorted({owner_of(operation) for operation in operations})
+    ]
+    specs.append((ledger.USAGE_CLEARING, "usage_clearing", None, False))
+    settles = [operation for operation in operations if isinstance(operation, SettleRequest)]
+    if settles:
+        specs += [
+            (ledger.supplier_account_name(supplier_id), "supplier_payable", None, False)
+            for supplier_id in sorted({operation.supplier_id for operation in settles})
+        ]
+        specs.append((ledger.PLATFORM_REVENUE, "platform_revenue", None, False))
+    return specs
+
+
+def create_batcher(db: Database, **options: Any) -> MeteringBatcher:
+    """The PostgreSQL writer runs on the event loop; any other database gets a writer thread."""
+    if db.is_postgres:
+        from marketplace.metering_pg import PostgresBatcher
+
+        return PostgresBatcher(db, **options)
+    return ThreadedBatcher(db, **options)
+
+
+class ThreadedBatcher(MeteringBatcher):
+    """Apply the batches on one thread through SQLAlchemy; the writer for SQLite."""
+
+    def __init__(self, db: Database, **options: Any) -> None:
+        super().__init__(db, **options)
+        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._connection: Connection | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="metering-batcher", daemon=True)
+            self._thread.start()
+
+    def _enqueue(self, pending: Pending) -> None:
+        self._queue.put(pending)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def stop(self) -> None:
+        """Finish every queued operation, then stop the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._apply_batch(batch)
+            if stop:
+                return
+
+    def _apply_batch(self, batch: list[Pending]) -> None:
+        try:
+            outcomes = self._write_batch([pending.operation for pending in batch])
+        except Exception:
+            logger.warning("metering batch failed; applying its operations one by one", exc_info=True, extra={"operations": len(batch)})
+            self._drop_connection()
+            self.fallbacks += 1
+            for pending in batch:
+                try:
+                    outcome: Any = self._apply_alone(pending.operation)
+                except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+                    outcome = exc
+                resolve_pending(pending, outcome)
+            return
+        self.batches += 1
+        self.operations += len(batch)
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            resolve_pending(pending, outcome)
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.invalidate()
+                self._connection.close()
+            except Exception:  # noqa: BLE001 - the connection is discarded either way
+                logger.debug("closing a failed metering connection failed", exc_info=True)
+            self._connection = None
 
     # One batch ---------------------------------------------------------------------------------
 
@@ -297,38 +358,19 @@ class MeteringBatcher:
         A refused hold is an outcome (its exception), not a failure of the batch.
         """
         now = utcnow()
-        periods = [_spend_key(operation, now) for operation in operations]
         if self._connection is None:
             self._connection = self.db.engine.connect()
         connection = self._connection
         self._new_account_ids = {}
         with connection.begin() as transaction:
-            clearing = self._account_id(connection, ledger.USAGE_CLEARING, "usage_clearing")
-            revenue = None
-            if any(isinstance(operation, SettleRequest) for operation in operations):
-                revenue = self._account_id(connection, ledger.PLATFORM_REVENUE, "platform_revenue")
-            buyers = {
-                owner: self._account_id(connection, ledger.buyer_account_name(owner), "buyer", owner, True)
-                for owner in sorted({_owner(operation) for operation in operations})
-            }
-            suppliers = {
-                supplier_id: self._account_id(connection, ledger.supplier_account_name(supplier_id), "supplier_payable")
-                for supplier_id in sorted({operation.supplier_id for operation in operations if isinstance(operation, SettleRequest)})
-            }
-            spend_rows = self._lock_spend(connection, sorted({key for key in periods if key is not None}))
-            balances = self._lock_buyers(connection, sorted(set(buyers.values())))
-            batch = _Batch(now, set(balances))
-            outcomes: list[Any] = []
-            for operation, spend_key in zip(operations, periods, strict=True):
-                buyer = buyers[_owner(operation)]
-                if isinstance(operation, OpenRequest):
-                    outcomes.append(_decide_open(batch, operation, spend_key, spend_rows, balances, buyer, clearing))
-                elif isinstance(operation, SettleRequest):
-                    assert revenue is not None
-                    supplier = suppliers[operation.supplier_id]
-                    outcomes.append(_decide_settle(batch, operation, spend_key, spend_rows, balances, buyer, clearing, supplier, revenue))
-                else:
-                    outcomes.append(_decide_fail(batch, operation, spend_key, spend_rows, balances, buyer, clearing))
+            specs = account_specs(operations)
+            ids = {name: self._account_id(connection, name, code, owner, constrained) for name, code, owner, constrained in specs}
+            spend_keys = sorted({key for key in (spend_key_of(operation, now) for operation in operations) if key is not None})
+            spend_rows = self._lock_spend(connection, spend_keys)
+            buyers = [ids[name] for name, code, *_ in specs if code == "buyer"]
+            balances = self._lock_buyers(connection, buyers)
+            batch = Batch(now, set(buyers))
+            outcomes = self._decide(batch, operations, ids, spend_rows, balances)
             if all(isinstance(outcome, Exception) for outcome in outcomes):
                 # Every hold was refused: write nothing, not even an account row.
                 transaction.rollback()
@@ -367,7 +409,7 @@ class MeteringBatcher:
         )
         return {row[0]: [row[1], row[2], row[3]] for row in rows}
 
-    def _write(self, connection: Connection, batch: _Batch) -> None:
+    def _write(self, connection: Connection, batch: Batch) -> None:
         if batch.new_generations:
             connection.execute(insert(_generations), batch.new_generations)
         if batch.reopened_generations:
@@ -390,7 +432,7 @@ class MeteringBatcher:
                 connection,
                 update(_generations)
                 .where(_generations.c.id == bindparam("b_id"))
-                .values({name: bindparam(name) for name in _FINISH_COLUMNS}),
+                .values({name: bindparam(name) for name in FINISH_COLUMNS}),
                 batch.finished_generations,
                 "finish a generation",
             )
@@ -432,7 +474,7 @@ class MeteringBatcher:
             )
 
 
-_FINISH_COLUMNS = (
+FINISH_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "cached_prompt_tokens",
@@ -447,13 +489,13 @@ _FINISH_COLUMNS = (
 )
 
 
-def _lock_rank(account_id: int, batch: _Batch) -> tuple[int, int]:
+def _lock_rank(account_id: int, batch: Batch) -> tuple[int, int]:
     # The buyer rows were locked before anything was decided; every other account follows in
     # id order.
     return (0 if account_id in batch.buyers else 1, account_id)
 
 
-def _owner(operation: Operation) -> int:
+def owner_of(operation: Operation) -> int:
     if isinstance(operation, OpenRequest):
         return operation.account_id
     assert operation.call.account_id is not None, f"call {operation.call.generation_id} has no owner"
@@ -466,7 +508,7 @@ def _update_all(connection: Connection, statement: Any, rows: list[dict[str, Any
         raise RuntimeError(f"could not {what}: {result.rowcount} of {len(rows)} rows matched")
 
 
-def _spend_key(operation: Operation, now: dt.datetime) -> tuple[int, str] | None:
+def spend_key_of(operation: Operation, now: dt.datetime) -> tuple[int, str] | None:
     if isinstance(operation, OpenRequest):
         if operation.spend_limit_nano_usd is None or not operation.spend_limit_period:
             return None
@@ -483,8 +525,8 @@ def _available(balance: list[int]) -> int:
     return credits_posted - debits_posted - debits_pending
 
 
-def _decide_open(
-    batch: _Batch,
+def decide_open(
+    batch: Batch,
     operation: OpenRequest,
     spend_key: tuple[int, str] | None,
     spend_rows: dict[tuple[int, str], list[int]],
@@ -557,8 +599,8 @@ def _decide_open(
     return metering.OpenedCall(operation.generation_id, hold_id, hold, started_at, operation.account_id, operation.api_key_id, period)
 
 
-def _decide_settle(
-    batch: _Batch,
+def decide_settle(
+    batch: Batch,
     operation: SettleRequest,
     spend_key: tuple[int, str] | None,
     spend_rows: dict[tuple[int, str], list[int]],
@@ -598,8 +640,8 @@ def _decide_settle(
     return metering.SettledCall(operation.cost_nano_usd, charged, _available(balance))
 
 
-def _decide_fail(
-    batch: _Batch,
+def decide_fail(
+    batch: Batch,
     operation: FailRequest,
     spend_key: tuple[int, str] | None,
     spend_rows: dict[tuple[int, str], list[int]],
@@ -627,7 +669,7 @@ def _decide_fail(
     batch.transfers.append(_transfer(f"{call.hold_id}:void", buyer, clearing, 0, "void", batch.now, pending_id=call.hold_id))
 
 
-def _finish(batch: _Batch, usage: Usage, call: metering.OpenedCall, charged: int, status: str, error: str | None) -> None:
+def _finish(batch: Batch, usage: Usage, call: metering.OpenedCall, charged: int, status: str, error: str | None) -> None:
     batch.finished_generations.append(
         {
             "b_id": call.generation_id,
@@ -642,7 +684,7 @@ def _finish(batch: _Batch, usage: Usage, call: metering.OpenedCall, charged: int
 
 
 def _release_spend(
-    batch: _Batch, spend_key: tuple[int, str] | None, spend_rows: dict[tuple[int, str], list[int]], held: int, charged: int
+    batch: Batch, spend_key: tuple[int, str] | None, spend_rows: dict[tuple[int, str], list[int]], held: int, charged: int
 ) -> None:
     if spend_key is None:
         return
@@ -694,7 +736,7 @@ def _transfer(
     }
 
 
-def _resolve(pending: _Pending, outcome: Any) -> None:
+def resolve_pending(pending: Pending, outcome: Any) -> None:
     def deliver() -> None:
         if pending.future.done():
             return

@@ -219,13 +219,14 @@ class MeteringProxy:
         self.limiter = limiter
         self.health = HealthTracker(db, settings, limiter)
         self.db_threads = anyio.CapacityLimiter(METERING_DB_THREADS)
-        self.metering = metering_batch.MeteringBatcher(db)
+        self.metering = metering_batch.create_batcher(db)
         self._listing_cache: dict[str, tuple[float, int, list[tuple[Listing, str]]]] = {}
         self._credentials: dict[str, str] = {}
 
-    def close(self) -> None:
-        """Commit every queued metering write and stop the writer thread."""
-        self.metering.stop()
+    async def close(self) -> None:
+        """Send the health counts and commit every queued metering write."""
+        await self.health.close()
+        await self.metering.close()
 
     # Routing and limits ---------------------------------------------------------------------
 

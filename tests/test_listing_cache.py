@@ -40,7 +40,7 @@ def test_a_write_through_this_process_is_seen_at_once(db):
 
     health.HealthTracker(db, proxy.settings, proxy.limiter).pause(listing_id, "test")
     assert _prices(proxy) == []
-    proxy.close()
+    asyncio.run(proxy.close())
 
 
 def test_a_write_outside_the_orm_is_seen_after_the_ttl(db):
@@ -55,5 +55,5 @@ def test_a_write_outside_the_orm_is_seen_after_the_ttl(db):
 
     assert _prices(cached) == [216_000]
     assert _prices(uncached) == [100_000]
-    cached.close()
-    uncached.close()
+    asyncio.run(cached.close())
+    asyncio.run(uncached.close())

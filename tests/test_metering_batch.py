@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from marketplace import ledger, metering
 from marketplace.errors import InsufficientBalance, RateLimited
-from marketplace.metering_batch import FailRequest, MeteringBatcher, OpenRequest, SettleRequest
+from marketplace.metering_batch import FailRequest, MeteringBatcher, OpenRequest, SettleRequest, create_batcher
 from marketplace.models import ApiKeySpend, Generation, LedgerAccount, LedgerTransfer
 from providers.usage import Usage
 from tests.test_ledger import count_transfers, create_caller, deposit, read_account, read_buyer, read_generation, read_totals
@@ -44,128 +44,151 @@ async def _gather(batcher: MeteringBatcher, requests: list) -> list:
     return await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@pytest.fixture
-def batcher(db):
-    writer = MeteringBatcher(db, autostart=False)
-    yield writer
-    writer.stop()
+def run(db, scenario) -> None:
+    """Run `scenario(batcher)` on one event loop with a writer that starts when told, then close it."""
+
+    async def main() -> None:
+        writer = create_batcher(db, autostart=False)
+        try:
+            await scenario(writer)
+        finally:
+            await writer.close()
+
+    asyncio.run(main())
 
 
-def test_parallel_holds_stop_at_the_balance_and_settle_exactly(db, batcher):
-    buyer_id, api_key_id, supplier_id, listing_id = create_caller(db)
-    deposit(db, buyer_id, 100_000, "deposit-1")
-
-    opened = asyncio.run(_gather(batcher, [_open(f"gen-{n}", buyer_id, api_key_id, listing_id, 12_000) for n in range(10)]))
-
-    assert (batcher.batches, batcher.operations) == (1, 10)
-    # Queued in order, decided in order: 8 holds of 12,000 fit in 100,000, the last two do not.
-    calls = opened[:8]
-    assert all(isinstance(call, metering.OpenedCall) for call in calls)
-    for refused in opened[8:]:
-        assert isinstance(refused, InsufficientBalance)
-        assert refused.message == "balance of 4000 nano-USD does not cover this call's hold of 12000 nano-USD; top up, or lower max_tokens"
-    assert read_buyer(db, buyer_id).debits_pending_nano_usd == 96_000
-    assert read_generation(db, "gen-8") is None
-
-    settled = asyncio.run(_gather(batcher, [_settle(call, supplier_id, 10_001) for call in calls]))
-
-    assert (batcher.batches, batcher.operations) == (2, 18)
-    assert [item.charged_nano_usd for item in settled] == [10_001] * 8
-    buyer = read_buyer(db, buyer_id)
-    assert buyer.debits_posted_nano_usd == 80_008
-    assert buyer.debits_pending_nano_usd == 0
-    # 5% of 10,001 rounds down to 500; the supplier gets 9,501 per call.
-    assert read_account(db, ledger.supplier_account_name(supplier_id)).credits_posted_nano_usd == 8 * 9_501
-    assert read_account(db, ledger.PLATFORM_REVENUE).credits_posted_nano_usd == 8 * 500
-    clearing = read_account(db, ledger.USAGE_CLEARING)
-    assert (clearing.credits_posted_nano_usd, clearing.debits_posted_nano_usd, clearing.credits_pending_nano_usd) == (80_008, 80_008, 0)
-    assert settled[-1].balance_nano_usd == 100_000 - 80_008
-    totals = read_totals(db)
-    assert totals.balanced
-    assert totals.negative_constrained_accounts == 0
-    generation = read_generation(db, "gen-3")
-    assert generation is not None
-    assert (generation.status, generation.cost_nano_usd, generation.prompt_tokens, generation.completion_tokens) == ("completed", 10_001, 100, 50)
-    with db.session() as session:
-        codes = session.execute(select(LedgerTransfer.code, func.count()).group_by(LedgerTransfer.code)).all()
-    assert dict(codes) == {"deposit": 1, "hold": 8, "post": 8, "usage_supplier": 8, "usage_fee": 8}
+def test_each_database_gets_its_writer(db):
+    writer = create_batcher(db)
+    assert type(writer).__name__ == ("PostgresBatcher" if db.is_postgres else "ThreadedBatcher")
 
 
-def test_spend_limit_is_checked_in_queue_order(db, batcher):
-    buyer_id, api_key_id, supplier_id, listing_id = create_caller(db)
-    deposit(db, buyer_id, 1_000_000, "deposit-1")
-    limit = {"spend_limit_nano_usd": 30_000, "spend_limit_period": "total"}
+def test_parallel_holds_stop_at_the_balance_and_settle_exactly(db):
+    async def scenario(batcher: MeteringBatcher) -> None:
+        buyer_id, api_key_id, supplier_id, listing_id = create_caller(db)
+        deposit(db, buyer_id, 100_000, "deposit-1")
 
-    opened = asyncio.run(_gather(batcher, [_open(f"gen-{n}", buyer_id, api_key_id, listing_id, 10_000, **limit) for n in range(4)]))
+        opened = await _gather(batcher, [_open(f"gen-{n}", buyer_id, api_key_id, listing_id, 12_000) for n in range(10)])
 
-    assert all(isinstance(call, metering.OpenedCall) for call in opened[:3])
-    assert isinstance(opened[3], RateLimited)
-    assert opened[3].message == (
-        "API key spend limit of 30000 nano-USD for period total would be exceeded: "
-        "30000 nano-USD spent or held, this call holds 10000 nano-USD"
-    )
-    asyncio.run(_gather(batcher, [_settle(opened[0], supplier_id, 4_000), FailRequest(opened[1], "upstream returned 500")]))
+        assert (batcher.batches, batcher.operations) == (1, 10)
+        # Queued in order, decided in order: 8 holds of 12,000 fit in 100,000, the last two do not.
+        calls = opened[:8]
+        assert all(isinstance(call, metering.OpenedCall) for call in calls)
+        for refused in opened[8:]:
+            assert isinstance(refused, InsufficientBalance)
+            assert refused.message == "balance of 4000 nano-USD does not cover this call's hold of 12000 nano-USD; top up, or lower max_tokens"
+        assert read_buyer(db, buyer_id).debits_pending_nano_usd == 96_000
+        assert read_generation(db, "gen-8") is None
 
-    with db.session() as session:
-        row = session.get(ApiKeySpend, (api_key_id, "total"))
-        assert row is not None
-        assert (row.reserved_nano_usd, row.spent_nano_usd) == (10_000, 4_000)
-    failed = read_generation(db, "gen-1")
-    assert failed is not None
-    assert (failed.status, failed.error, failed.cost_nano_usd) == ("failed", "upstream returned 500", 0)
-    assert read_buyer(db, buyer_id).debits_pending_nano_usd == 10_000
+        settled = await _gather(batcher, [_settle(call, supplier_id, 10_001) for call in calls])
 
+        assert (batcher.batches, batcher.operations) == (2, 18)
+        assert [item.charged_nano_usd for item in settled] == [10_001] * 8
+        buyer = read_buyer(db, buyer_id)
+        assert buyer.debits_posted_nano_usd == 80_008
+        assert buyer.debits_pending_nano_usd == 0
+        # 5% of 10,001 rounds down to 500; the supplier gets 9,501 per call.
+        assert read_account(db, ledger.supplier_account_name(supplier_id)).credits_posted_nano_usd == 8 * 9_501
+        assert read_account(db, ledger.PLATFORM_REVENUE).credits_posted_nano_usd == 8 * 500
+        clearing = read_account(db, ledger.USAGE_CLEARING)
+        assert (clearing.credits_posted_nano_usd, clearing.debits_posted_nano_usd, clearing.credits_pending_nano_usd) == (80_008, 80_008, 0)
+        assert settled[-1].balance_nano_usd == 100_000 - 80_008
+        totals = read_totals(db)
+        assert totals.balanced
+        assert totals.negative_constrained_accounts == 0
+        generation = read_generation(db, "gen-3")
+        assert generation is not None
+        assert (generation.status, generation.cost_nano_usd, generation.prompt_tokens, generation.completion_tokens) == ("completed", 10_001, 100, 50)
+        with db.session() as session:
+            codes = session.execute(select(LedgerTransfer.code, func.count()).group_by(LedgerTransfer.code)).all()
+        assert dict(codes) == {"deposit": 1, "hold": 8, "post": 8, "usage_supplier": 8, "usage_fee": 8}
 
-def test_a_hold_resolved_by_the_sweep_fails_alone(db, batcher):
-    buyer_id, api_key_id, supplier_id, listing_id = create_caller(db)
-    deposit(db, buyer_id, 100_000, "deposit-1")
-    first, second = asyncio.run(_gather(batcher, [_open(f"gen-{n}", buyer_id, api_key_id, listing_id, 20_000) for n in range(2)]))
-    with db.transaction() as session:
-        # The sweep runs as if both holds had outlived their calls, and reaches the first only.
-        assert metering.expire_holds(session, now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1), limit=1) == 1
-
-    outcomes = asyncio.run(_gather(batcher, [_settle(first, supplier_id, 5_000), _settle(second, supplier_id, 7_000)]))
-
-    # The settling batch failed on the resolved hold and was applied again one operation at a time.
-    assert (batcher.batches, batcher.operations, batcher.fallbacks) == (1, 2, 1)
-
-    expired, settled = (outcomes[0], outcomes[1]) if first.hold_id < second.hold_id else (outcomes[1], outcomes[0])
-    assert isinstance(expired, ledger.HoldAlreadyResolved)
-    assert str(expired) == f"hold {min(first.hold_id, second.hold_id)} was already resolved by expire"
-    assert isinstance(settled, metering.SettledCall)
-    buyer = read_buyer(db, buyer_id)
-    assert buyer.debits_pending_nano_usd == 0
-    assert buyer.debits_posted_nano_usd == settled.charged_nano_usd
-    assert read_totals(db).balanced
+    run(db, scenario)
 
 
-def test_a_batch_of_refused_holds_writes_nothing(db, batcher):
+def test_spend_limit_is_checked_in_queue_order(db):
+    async def scenario(batcher: MeteringBatcher) -> None:
+        buyer_id, api_key_id, supplier_id, listing_id = create_caller(db)
+        deposit(db, buyer_id, 1_000_000, "deposit-1")
+        limit = {"spend_limit_nano_usd": 30_000, "spend_limit_period": "total"}
+
+        opened = await _gather(batcher, [_open(f"gen-{n}", buyer_id, api_key_id, listing_id, 10_000, **limit) for n in range(4)])
+
+        assert all(isinstance(call, metering.OpenedCall) for call in opened[:3])
+        assert isinstance(opened[3], RateLimited)
+        assert opened[3].message == (
+            "API key spend limit of 30000 nano-USD for period total would be exceeded: "
+            "30000 nano-USD spent or held, this call holds 10000 nano-USD"
+        )
+        await _gather(batcher, [_settle(opened[0], supplier_id, 4_000), FailRequest(opened[1], "upstream returned 500")])
+
+        with db.session() as session:
+            row = session.get(ApiKeySpend, (api_key_id, "total"))
+            assert row is not None
+            assert (row.reserved_nano_usd, row.spent_nano_usd) == (10_000, 4_000)
+        failed = read_generation(db, "gen-1")
+        assert failed is not None
+        assert (failed.status, failed.error, failed.cost_nano_usd) == ("failed", "upstream returned 500", 0)
+        assert read_buyer(db, buyer_id).debits_pending_nano_usd == 10_000
+
+    run(db, scenario)
+
+
+def test_a_hold_resolved_by_the_sweep_fails_alone(db):
+    async def scenario(batcher: MeteringBatcher) -> None:
+        buyer_id, api_key_id, supplier_id, listing_id = create_caller(db)
+        deposit(db, buyer_id, 100_000, "deposit-1")
+        first, second = await _gather(batcher, [_open(f"gen-{n}", buyer_id, api_key_id, listing_id, 20_000) for n in range(2)])
+        with db.transaction() as session:
+            # The sweep runs as if both holds had outlived their calls, and reaches the first only.
+            assert metering.expire_holds(session, now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1), limit=1) == 1
+
+        outcomes = await _gather(batcher, [_settle(first, supplier_id, 5_000), _settle(second, supplier_id, 7_000)])
+
+        # The settling batch failed on the resolved hold and was applied again one operation at a time.
+        assert (batcher.batches, batcher.operations, batcher.fallbacks) == (1, 2, 1)
+
+        expired, settled = (outcomes[0], outcomes[1]) if first.hold_id < second.hold_id else (outcomes[1], outcomes[0])
+        assert isinstance(expired, ledger.HoldAlreadyResolved)
+        assert str(expired) == f"hold {min(first.hold_id, second.hold_id)} was already resolved by expire"
+        assert isinstance(settled, metering.SettledCall)
+        buyer = read_buyer(db, buyer_id)
+        assert buyer.debits_pending_nano_usd == 0
+        assert buyer.debits_posted_nano_usd == settled.charged_nano_usd
+        assert read_totals(db).balanced
+
+    run(db, scenario)
+
+
+def test_a_batch_of_refused_holds_writes_nothing(db):
+    async def scenario(batcher: MeteringBatcher) -> None:
+        buyer_id, api_key_id, _supplier_id, listing_id = create_caller(db)
+        deposit(db, buyer_id, 999, "deposit-1")
+        with db.session() as session:
+            accounts_before = session.scalar(select(func.count()).select_from(LedgerAccount))
+        transfers_before = count_transfers(db)
+
+        outcomes = await _gather(batcher, [_open(f"gen-{n}", buyer_id, api_key_id, listing_id, 1_000) for n in range(3)])
+
+        assert all(isinstance(outcome, InsufficientBalance) for outcome in outcomes)
+        assert count_transfers(db) == transfers_before
+        with db.session() as session:
+            # Not even the clearing account, which the first hold of a database creates.
+            assert session.scalar(select(func.count()).select_from(LedgerAccount)) == accounts_before
+            assert session.scalar(select(func.count()).select_from(Generation)) == 0
+
+    run(db, scenario)
+
+
+def test_close_commits_what_is_queued(db):
     buyer_id, api_key_id, _supplier_id, listing_id = create_caller(db)
-    deposit(db, buyer_id, 999, "deposit-1")
-    with db.session() as session:
-        accounts_before = session.scalar(select(func.count()).select_from(LedgerAccount))
-    transfers_before = count_transfers(db)
-
-    outcomes = asyncio.run(_gather(batcher, [_open(f"gen-{n}", buyer_id, api_key_id, listing_id, 1_000) for n in range(3)]))
-
-    assert all(isinstance(outcome, InsufficientBalance) for outcome in outcomes)
-    assert count_transfers(db) == transfers_before
-    with db.session() as session:
-        # Not even the clearing account, which the first hold of a database creates.
-        assert session.scalar(select(func.count()).select_from(LedgerAccount)) == accounts_before
-        assert session.scalar(select(func.count()).select_from(Generation)) == 0
-
-
-def test_stop_commits_what_is_queued(db):
-    buyer_id, api_key_id, _supplier_id, listing_id = create_caller(db)
     deposit(db, buyer_id, 100_000, "deposit-1")
-    writer = MeteringBatcher(db, autostart=False)
+    writer = create_batcher(db, autostart=False)
 
     async def open_then_stop() -> metering.OpenedCall:
         pending = asyncio.ensure_future(writer.open(_open("gen-1", buyer_id, api_key_id, listing_id, 1_000)))
         await asyncio.sleep(0)
         writer.start()
-        await asyncio.to_thread(writer.stop)
+        await writer.close()
         return await pending
 
     call = asyncio.run(open_then_stop())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-import anyio
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -62,8 +61,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             try:
                 yield
             finally:
-                await proxy.health.close()
-                await anyio.to_thread.run_sync(proxy.close)
+                await proxy.close()
                 await limiter.close()
 
     upgrade_schema(db)
