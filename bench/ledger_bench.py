@@ -1,19 +1,27 @@
 """Holds and posts per second on PostgreSQL, through the same functions the proxy calls.
 
-A hold is `metering.open_call` (the generation record and the ledger hold in one transaction) and
-a post is `metering.settle_call` (post, release the rest, pay the supplier and the fee, finish
-the record, in one transaction). Worker threads run them at once, either all against one buyer
-(the hot account every call of a busy buyer locks) or spread over 1,000 buyers.
+A hold writes the generation record and the ledger hold; a post posts the hold, releases the
+rest, pays the supplier and the fee, and finishes the record. Two writers are measured:
+
+- the baseline, one transaction per operation: `metering.open_call` and `metering.settle_call`
+  from worker threads, each with its own connection;
+- the proxy's group commit: `metering_batch.create_batcher` on one connection, with the same
+  number of operations in flight (and with more), each batch in one transaction.
+
+Each runs either all against one buyer (the hot account every call of a busy buyer locks) or
+spread over 1,000 buyers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from marketplace import metering
+from marketplace.metering_batch import OpenRequest, SettleRequest, create_batcher
 from marketplace.db import Database
 from marketplace.models import Account
 from providers.usage import Usage
@@ -27,6 +35,9 @@ OPERATIONS = 2000
 HOLD_NANO_USD = 100_000
 COST_NANO_USD = 40_000
 MANY_ACCOUNTS = 1000
+# Operations in flight at once for the group commit: as many as the baseline's threads, and as
+# many as a busy proxy process may hold.
+IN_FLIGHT = (WORKERS, 256)
 
 
 def _create_buyers(db: Database, count: int) -> list[int]:
@@ -89,6 +100,54 @@ def _measure(db: Database, buyer_ids: list[int], api_key_id: int, listing_id: in
     return holds_per_s, posts_per_s
 
 
+def _measure_batched(db: Database, buyer_ids: list[int], api_key_id: int, listing_id: int, supplier_id: int, in_flight: int) -> tuple[float, float]:
+    async def main() -> tuple[float, float]:
+        writer = create_batcher(db)
+        gate = asyncio.Semaphore(in_flight)
+        run_id = secrets.token_hex(4)
+
+        async def hold(index: int) -> metering.OpenedCall:
+            async with gate:
+                return await writer.open(
+                    OpenRequest(
+                        generation_id=f"gen-batch-{run_id}-{index}",
+                        account_id=buyer_ids[index % len(buyer_ids)],
+                        api_key_id=api_key_id,
+                        listing_id=listing_id,
+                        model="deepseek/deepseek-chat",
+                        stream=False,
+                        hold_nano_usd=HOLD_NANO_USD,
+                        hold_ttl_s=600,
+                    )
+                )
+
+        async def post(call: metering.OpenedCall) -> None:
+            async with gate:
+                await writer.settle(
+                    SettleRequest(
+                        call,
+                        usage=Usage(prompt_tokens=8, completion_tokens=16),
+                        cost_nano_usd=COST_NANO_USD,
+                        supplier_id=supplier_id,
+                        fee_bps=500,
+                        status="completed",
+                    )
+                )
+
+        try:
+            started = time.perf_counter()
+            opened = await asyncio.gather(*(hold(index) for index in range(OPERATIONS)))
+            holds_per_s = OPERATIONS / (time.perf_counter() - started)
+            started = time.perf_counter()
+            await asyncio.gather(*(post(call) for call in opened))
+            posts_per_s = OPERATIONS / (time.perf_counter() - started)
+        finally:
+            await writer.close()
+        return holds_per_s, posts_per_s
+
+    return asyncio.run(main())
+
+
 def run() -> str:
     fixture = prepare_tokenport(SCHEMA, "http://127.0.0.1:9/v1", "unused")
     db = Database(fixture.database_url, pool_size=WORKERS, max_overflow=0)
@@ -102,21 +161,24 @@ def run() -> str:
         many = _create_buyers(db, MANY_ACCOUNTS)
         # Warm the pool and the prepared statements before timing.
         _measure(db, [fixture.buyer_account_id], api_key_id, fixture.listing_id, supplier_id)
-        hot = _measure(db, [fixture.buyer_account_id], api_key_id, fixture.listing_id, supplier_id)
-        spread = _measure(db, many, api_key_id, fixture.listing_id, supplier_id)
+        rows = []
+        for label, buyers in (("one hot buyer", [fixture.buyer_account_id]), (f"{MANY_ACCOUNTS:,} buyers", many)):
+            holds, posts = _measure(db, buyers, api_key_id, fixture.listing_id, supplier_id)
+            rows.append([f"baseline: one transaction per operation, {WORKERS} threads", label, f"{holds:,.0f}", f"{posts:,.0f}"])
+            for in_flight in IN_FLIGHT:
+                holds, posts = _measure_batched(db, buyers, api_key_id, fixture.listing_id, supplier_id, in_flight)
+                rows.append([f"group commit, {in_flight} in flight", label, f"{holds:,.0f}", f"{posts:,.0f}"])
     finally:
         db.dispose()
-    rows = [
-        ["one hot buyer", f"{hot[0]:,.0f}", f"{hot[1]:,.0f}"],
-        [f"{MANY_ACCOUNTS:,} buyers", f"{spread[0]:,.0f}", f"{spread[1]:,.0f}"],
-    ]
     return "\n".join(
         [
             "### Ledger on PostgreSQL",
             "",
-            f"{OPERATIONS:,} holds (`metering.open_call`), then as many posts (`metering.settle_call`), from {WORKERS} threads "
-            "of one process, each with its own connection; one transaction per hold and per post.",
+            f"{OPERATIONS:,} holds, then as many posts, per row. The baseline runs `metering.open_call` and "
+            f"`metering.settle_call` from {WORKERS} threads of one process, each with its own connection, one transaction "
+            "per hold and per post. The group commit is the proxy's writer (`metering_batch.create_batcher`): one "
+            "connection, every operation waiting when a batch starts goes into that batch's transaction.",
             "",
-            table(["buyers", "holds per second", "posts per second"], rows),
+            table(["writer", "buyers", "holds per second", "posts per second"], rows),
         ]
     )
