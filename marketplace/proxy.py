@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, ValidationError
 from sqlalchemy import select
 
@@ -32,6 +31,7 @@ from marketplace.health import HealthTracker
 from marketplace.routing import order_candidates, parse_preferences
 from providers.registry import Adapter, get_adapter
 from providers.errors import UpstreamError
+from providers.http import HttpClient
 from providers.tokens import count_prompt_tokens, count_text_tokens
 from providers.usage import InvalidUsageError, Usage
 
@@ -212,7 +212,7 @@ def _upstream_error(exc: UpstreamError) -> Exception:
 
 
 class MeteringProxy:
-    def __init__(self, db: Database, settings: Settings, client: httpx.AsyncClient, limiter: RateLimiter) -> None:
+    def __init__(self, db: Database, settings: Settings, client: HttpClient, limiter: RateLimiter) -> None:
         self.db = db
         self.settings = settings
         self.client = client

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     # Used for the hold when a request sets no max_tokens and the listing sets no limit.
     default_max_output_tokens: int = Field(default=4_096, gt=0)
     upstream_timeout_s: float = Field(default=120.0, gt=0)
+    # The proxy's upstream connections, in all and to one host and port, and how long an idle
+    # one is kept. The keep-alive stays below uvicorn's default idle timeout of 5 s, so the proxy
+    # does not reuse a connection that a uvicorn upstream is closing at that moment.
+    upstream_max_connections: int = Field(default=200, ge=1)
+    upstream_max_connections_per_host: int = Field(default=100, ge=1)
+    upstream_keepalive_s: float = Field(default=4.0, gt=0)
     # A call falls back to another listing at most this many times after failures before any output.
     max_fallbacks: int = Field(default=2, ge=0, le=10)
     # A listing is paused when, within one window, at least min_calls calls were made and at

@@ -28,9 +28,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
-import httpx
-
 from providers.errors import UpstreamError, UpstreamErrorKind, redact
+from providers.http import HttpClientLike
 from providers.openai_compat import (
     CompletionResult,
     describe_upstream,
@@ -92,7 +91,7 @@ def messages_url(base_url: str) -> str:
 
 
 async def complete(
-    client: httpx.AsyncClient,
+    client: HttpClientLike,
     base_url: str,
     api_key: str,
     body: Mapping[str, Any],
@@ -135,7 +134,7 @@ async def complete(
 
 
 async def stream(
-    client: httpx.AsyncClient,
+    client: HttpClientLike,
     base_url: str,
     api_key: str,
     body: Mapping[str, Any],

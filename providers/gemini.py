@@ -30,9 +30,8 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from providers.errors import UpstreamError, kind_for_status, redact
+from providers.http import HttpClientLike
 from providers.openai_compat import (
     CompletionResult,
     describe_upstream,
@@ -88,7 +87,7 @@ def generate_url(base_url: str, model: str, *, streaming: bool) -> str:
 
 
 async def complete(
-    client: httpx.AsyncClient,
+    client: HttpClientLike,
     base_url: str,
     api_key: str,
     body: Mapping[str, Any],
@@ -139,7 +138,7 @@ async def complete(
 
 
 async def stream(
-    client: httpx.AsyncClient,
+    client: HttpClientLike,
     base_url: str,
     api_key: str,
     body: Mapping[str, Any],

@@ -58,11 +58,16 @@ requests of any protocol. Faults from all three sources apply together:
 - `status_429`: HTTP 429 with `Retry-After: MOCK_RETRY_AFTER_S` (Gemini also puts the delay in
   a RetryInfo detail of the body).
 - `timeout`: waits `timeout_fault_s` before responding, or until the client disconnects.
+- `redirect`: HTTP 307 with `Location` set to the request's own URL, and no body. A client that
+  follows it sends the same request again, which succeeds when the fault was scheduled with
+  `POST /_mock/faults` and no other source names it.
 - `malformed_sse`: streams a `data:` line that is not JSON after the first event. A
   non-streaming request gets a 200 body that is not JSON.
 - `disconnect_after:K`: streams K content chunks (text words or tool argument pieces, at most
   all of them), then drops the connection before the finish. A non-streaming request gets half
   of its body, then the connection is dropped.
+- `stall_after:K`: streams K content chunks, at most all of them, then sends nothing for
+  `timeout_fault_s` and drops the connection. A non-streaming request is unaffected.
 - `stream_error`: streams one content chunk, then an error event in the protocol's form
   (OpenAI error object, Anthropic `error` event of type overloaded_error, Gemini error object
   with code 503), then ends. A non-streaming request is unaffected.
@@ -130,6 +135,7 @@ _FLAG_FAULTS = frozenset(
         "status_500",
         "status_429",
         "timeout",
+        "redirect",
         "malformed_sse",
         "stream_error",
         "no_usage",
@@ -137,7 +143,9 @@ _FLAG_FAULTS = frozenset(
         "reasoning",
     }
 )
-_COUNT_FAULTS = frozenset({"disconnect_after", "cached", "cache_write", "chunk_delay_ms"})
+_COUNT_FAULTS = frozenset(
+    {"disconnect_after", "stall_after", "cached", "cache_write", "chunk_delay_ms"}
+)
 
 
 class InvalidFaultError(ValueError):
@@ -151,12 +159,14 @@ class Faults:
     status_500: bool = False
     status_429: bool = False
     timeout: bool = False
+    redirect: bool = False
     malformed_sse: bool = False
     stream_error: bool = False
     no_usage: bool = False
     zero_cost_usage: bool = False
     reasoning: bool = False
     disconnect_after: int | None = None
+    stall_after: int | None = None
     cached: int | None = None
     cache_write: int | None = None
     chunk_delay_ms: int = 0
@@ -573,6 +583,8 @@ class _Call:
     model: str
     faults: Faults
     reply: _Reply
+    # How long the `timeout` and `stall_after` faults wait.
+    timeout_fault_s: float
     streaming: bool
     number: int
     created: int
@@ -628,6 +640,8 @@ def create_mock_app(
 
         if faults.timeout:
             await _wait_or_disconnect(request, timeout_fault_s)
+        if faults.redirect:
+            return Response(status_code=307, headers={"location": str(request.url)})
         if faults.status_500:
             return protocol.error(
                 500, "The mock upstream failed on purpose (fault status_500).", None
@@ -647,6 +661,7 @@ def create_mock_app(
             model=base_model,
             faults=faults,
             reply=_plan_reply(reader(body), faults),
+            timeout_fault_s=timeout_fault_s,
             streaming=streaming,
             number=state.next_id(),
             created=int(time.time()),
@@ -970,6 +985,8 @@ def _openai_stream(call: _Call, completion_id: str, include_usage: bool) -> Asyn
         for position in range(len(deltas[0])):
             if faults.disconnect_after is not None and position >= faults.disconnect_after:
                 break
+            if faults.stall_after is not None and position >= faults.stall_after:
+                await _stall(call)
             if delay_s:
                 await asyncio.sleep(delay_s)
             for index in range(reply.choices):
@@ -1212,6 +1229,8 @@ def _anthropic_stream(call: _Call, message_id: str) -> AsyncIterator[bytes]:
         for position, event in enumerate(delta_events):
             if faults.disconnect_after is not None and position >= faults.disconnect_after:
                 raise _MockDisconnect("mock fault disconnect_after: dropping the connection")
+            if faults.stall_after is not None and position >= faults.stall_after:
+                await _stall(call)
             if delay_s:
                 await asyncio.sleep(delay_s)
             yield event
@@ -1425,6 +1444,8 @@ def _gemini_stream(call: _Call, response_id: str) -> AsyncIterator[bytes]:
             if is_content:
                 if faults.disconnect_after is not None and content_sent >= faults.disconnect_after:
                     raise _MockDisconnect("mock fault disconnect_after: dropping the connection")
+                if faults.stall_after is not None and content_sent >= faults.stall_after:
+                    await _stall(call)
                 content_sent += 1
             if delay_s:
                 await asyncio.sleep(delay_s)
@@ -1480,6 +1501,11 @@ async def _counted_stream(state: MockState, events: AsyncIterator[bytes]) -> Asy
 
 class _MockDisconnect(Exception):
     """Raised inside a response on purpose, so the server drops the connection."""
+
+
+async def _stall(call: _Call) -> None:
+    await asyncio.sleep(call.timeout_fault_s)
+    raise _MockDisconnect("mock fault stall_after: dropping the connection")
 
 
 class _DroppedConnectionFilter(logging.Filter):

@@ -1,9 +1,10 @@
 """Adapter for upstreams that speak OpenAI's Chat Completions API.
 
-Both calls take a shared `httpx.AsyncClient`, the upstream's base URL (for example
-"http://127.0.0.1:9000/v1", to which "/chat/completions" is appended), the upstream credential,
-which is sent as `Authorization: Bearer`, and the request body as the buyer sent it. Every failure
-becomes an `UpstreamError`, and no message or log line contains the credential.
+Both calls take a shared client (an `httpx.AsyncClient` or a `providers.http.HttpClient`), the
+upstream's base URL (for example "http://127.0.0.1:9000/v1", to which "/chat/completions" is
+appended), the upstream credential, which is sent as `Authorization: Bearer`, and the request
+body as the buyer sent it. Every failure becomes an `UpstreamError`, and no message or log line
+contains the credential.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ import anyio
 import httpx
 
 from providers.errors import UpstreamError, kind_for_status, parse_retry_after, redact
+from providers.http import (
+    HttpClientLike,
+    Response,
+    StreamResponse,
+    TransportError,
+    TransportInvalidURL,
+    TransportTimeout,
+    as_http_client,
+)
 from providers.usage import InvalidUsageError, Usage, usage_from_openai
 
 logger = logging.getLogger(__name__)
@@ -45,7 +55,7 @@ def chat_completions_url(base_url: str) -> str:
 
 
 async def complete(
-    client: httpx.AsyncClient,
+    client: HttpClientLike,
     base_url: str,
     api_key: str,
     body: Mapping[str, Any],
@@ -67,20 +77,16 @@ async def complete(
     upstream = _describe(url)
     logger.debug("Sending chat completion to %s, model %r", upstream, body.get("model"))
 
+    http_client = as_http_client(client)
     try:
         with anyio.fail_after(timeout_s):
-            response = await client.post(
-                url,
-                json=request_body,
-                headers=_request_headers(api_key, streaming=False),
-                timeout=httpx.Timeout(timeout_s),
+            response = await http_client.post_json(
+                url, request_body, _request_headers(api_key, streaming=False), timeout_s
             )
-    except (TimeoutError, httpx.TimeoutException) as exc:
+    except TimeoutError as exc:
         raise _timeout_error(upstream, timeout_s) from exc
-    except httpx.InvalidURL as exc:
-        raise _invalid_url_error(upstream) from exc
-    except httpx.TransportError as exc:
-        raise _connection_error(upstream, exc, api_key) from exc
+    except TransportError as exc:
+        raise _transport_error(exc, upstream, timeout_s, api_key) from exc
 
     if not response.is_success:
         raise _status_error(response, response.content, upstream, api_key)
@@ -105,7 +111,7 @@ async def complete(
 
 
 async def stream(
-    client: httpx.AsyncClient,
+    client: HttpClientLike,
     base_url: str,
     api_key: str,
     body: Mapping[str, Any],
@@ -140,20 +146,11 @@ async def stream(
     logger.debug("Opening chat completion stream to %s, model %r", upstream, body.get("model"))
 
     try:
-        request = client.build_request(
-            "POST",
-            url,
-            json=request_body,
-            headers=_request_headers(api_key, streaming=True),
-            timeout=httpx.Timeout(timeout_s),
+        response = await as_http_client(client).open_stream(
+            url, request_body, _request_headers(api_key, streaming=True), timeout_s
         )
-        response = await client.send(request, stream=True)
-    except httpx.TimeoutException as exc:
-        raise _timeout_error(upstream, timeout_s) from exc
-    except httpx.InvalidURL as exc:
-        raise _invalid_url_error(upstream) from exc
-    except httpx.TransportError as exc:
-        raise _connection_error(upstream, exc, api_key) from exc
+    except TransportError as exc:
+        raise _transport_error(exc, upstream, timeout_s, api_key) from exc
 
     try:
         if not response.is_success:
@@ -270,7 +267,7 @@ def _describe(url: str) -> str:
 
 
 async def _iter_sse_data(
-    response: httpx.Response, upstream: str, timeout_s: float, api_key: str
+    response: StreamResponse, upstream: str, timeout_s: float, api_key: str
 ) -> AsyncIterator[str]:
     """Yield the data of each server-sent event, joining multi-line data with newlines.
 
@@ -306,10 +303,8 @@ async def _iter_sse_data(
                     status_code=response.status_code,
                 )
             data_lines.append(value)
-    except httpx.TimeoutException as exc:
-        raise _timeout_error(upstream, timeout_s) from exc
-    except httpx.TransportError as exc:
-        raise _connection_error(upstream, exc, api_key) from exc
+    except TransportError as exc:
+        raise _transport_error(exc, upstream, timeout_s, api_key) from exc
 
     if data_lines:
         yield "\n".join(data_lines)
@@ -355,7 +350,7 @@ def _check_json_object(data: object, upstream: str, api_key: str, *, status_code
 
 
 async def _read_limited(
-    response: httpx.Response, upstream: str, timeout_s: float, api_key: str
+    response: StreamResponse, upstream: str, timeout_s: float, api_key: str
 ) -> bytes:
     """Read at most MAX_ERROR_BODY_BYTES of a streamed response body."""
     body = bytearray()
@@ -364,15 +359,13 @@ async def _read_limited(
             body.extend(part)
             if len(body) >= MAX_ERROR_BODY_BYTES:
                 break
-    except httpx.TimeoutException as exc:
-        raise _timeout_error(upstream, timeout_s) from exc
-    except httpx.TransportError as exc:
-        raise _connection_error(upstream, exc, api_key) from exc
+    except TransportError as exc:
+        raise _transport_error(exc, upstream, timeout_s, api_key) from exc
     return bytes(body[:MAX_ERROR_BODY_BYTES])
 
 
 def _status_error(
-    response: httpx.Response, body: bytes, upstream: str, api_key: str
+    response: Response | StreamResponse, body: bytes, upstream: str, api_key: str
 ) -> UpstreamError:
     detail = _error_detail_from_body(body, api_key)
     retry_after_s = parse_retry_after(
@@ -426,11 +419,21 @@ def _invalid_url_error(upstream: str) -> UpstreamError:
     )
 
 
-def _connection_error(upstream: str, exc: Exception, api_key: str) -> UpstreamError:
+def _connection_error(upstream: str, exc: BaseException, api_key: str) -> UpstreamError:
     reason = redact(str(exc), api_key) or type(exc).__name__
     return UpstreamError(
         "connection", f"connection to upstream {upstream} failed: {type(exc).__name__}: {reason}"
     )
+
+
+def _transport_error(
+    exc: TransportError, upstream: str, timeout_s: float, api_key: str
+) -> UpstreamError:
+    if isinstance(exc, TransportTimeout):
+        return _timeout_error(upstream, timeout_s)
+    if isinstance(exc, TransportInvalidURL):
+        return _invalid_url_error(upstream)
+    return _connection_error(upstream, exc.cause, api_key)
 
 
 # Transport shared with the adapters of the other protocols (Anthropic Messages, Gemini). They
@@ -451,7 +454,7 @@ def error_detail(data: Mapping[str, Any], api_key: str) -> str:
 
 
 async def post_json(
-    client: httpx.AsyncClient,
+    client: HttpClientLike,
     url: str,
     json_body: Mapping[str, Any],
     headers: Mapping[str, str],
@@ -469,17 +472,14 @@ async def post_json(
     is not valid JSON (kind "bad_response"). Checking the JSON's shape is left to the caller.
     """
     upstream = _describe(url)
+    http_client = as_http_client(client)
     try:
         with anyio.fail_after(timeout_s):
-            response = await client.post(
-                url, json=dict(json_body), headers=dict(headers), timeout=httpx.Timeout(timeout_s)
-            )
-    except (TimeoutError, httpx.TimeoutException) as exc:
+            response = await http_client.post_json(url, dict(json_body), headers, timeout_s)
+    except TimeoutError as exc:
         raise _timeout_error(upstream, timeout_s) from exc
-    except httpx.InvalidURL as exc:
-        raise _invalid_url_error(upstream) from exc
-    except httpx.TransportError as exc:
-        raise _connection_error(upstream, exc, api_key) from exc
+    except TransportError as exc:
+        raise _transport_error(exc, upstream, timeout_s, api_key) from exc
 
     if not response.is_success:
         raise _status_error_with_body_delay(
@@ -498,7 +498,7 @@ async def post_json(
 
 
 async def stream_sse_data(
-    client: httpx.AsyncClient,
+    client: HttpClientLike,
     url: str,
     json_body: Mapping[str, Any],
     headers: Mapping[str, str],
@@ -517,20 +517,11 @@ async def stream_sse_data(
     """
     upstream = _describe(url)
     try:
-        request = client.build_request(
-            "POST",
-            url,
-            json=dict(json_body),
-            headers=dict(headers),
-            timeout=httpx.Timeout(timeout_s),
+        response = await as_http_client(client).open_stream(
+            url, dict(json_body), headers, timeout_s
         )
-        response = await client.send(request, stream=True)
-    except httpx.TimeoutException as exc:
-        raise _timeout_error(upstream, timeout_s) from exc
-    except httpx.InvalidURL as exc:
-        raise _invalid_url_error(upstream) from exc
-    except httpx.TransportError as exc:
-        raise _connection_error(upstream, exc, api_key) from exc
+    except TransportError as exc:
+        raise _transport_error(exc, upstream, timeout_s, api_key) from exc
 
     try:
         if not response.is_success:
@@ -555,7 +546,7 @@ async def stream_sse_data(
 
 
 def _status_error_with_body_delay(
-    response: httpx.Response,
+    response: Response | StreamResponse,
     body: bytes,
     upstream: str,
     api_key: str,

@@ -5,7 +5,7 @@ timeout_s) -> CompletionResult` and `stream(...) -> AsyncIterator[dict]`, both t
 Chat Completions objects, and `usage_from_chunk(chunk) -> Usage | None`, which reads the usage of
 a streamed chunk or a completion body in the adapter's canonical rendering, cache writes
 included. Use that `usage_from_chunk` rather than `usage_from_openai`, which does not read
-cache writes.
+cache writes. `client` is an `httpx.AsyncClient` or a `providers.http.HttpClient`.
 
     adapter = get_adapter(listing.upstream_protocol)
     result = await adapter.complete(client, listing.upstream_base_url, key, body, timeout_s)
@@ -22,17 +22,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from providers import anthropic, gemini, vendors
+from providers.http import HttpClientLike
 from providers.openai_compat import CompletionResult
 from providers.usage import Usage
 
 CompleteFunction = Callable[
-    [httpx.AsyncClient, str, str, Mapping[str, Any], float], Awaitable[CompletionResult]
+    [HttpClientLike, str, str, Mapping[str, Any], float], Awaitable[CompletionResult]
 ]
 StreamFunction = Callable[
-    [httpx.AsyncClient, str, str, Mapping[str, Any], float], AsyncIterator[dict[str, Any]]
+    [HttpClientLike, str, str, Mapping[str, Any], float], AsyncIterator[dict[str, Any]]
 ]
 
 

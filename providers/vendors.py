@@ -44,10 +44,9 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from providers import openai_compat
 from providers.errors import UpstreamError, UpstreamErrorKind, redact
+from providers.http import HttpClientLike
 from providers.openai_compat import CompletionResult, render_usage, rendered_usage_from_chunk
 from providers.usage import InvalidUsageError, Usage, usage_from_openai
 
@@ -98,7 +97,7 @@ class VendorProfile:
 
 async def complete(
     profile: VendorProfile,
-    client: httpx.AsyncClient,
+    client: HttpClientLike,
     base_url: str,
     api_key: str,
     body: Mapping[str, Any],
@@ -134,7 +133,7 @@ async def complete(
 
 async def stream(
     profile: VendorProfile,
-    client: httpx.AsyncClient,
+    client: HttpClientLike,
     base_url: str,
     api_key: str,
     body: Mapping[str, Any],

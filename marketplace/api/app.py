@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,6 +18,7 @@ from marketplace.proxy import MeteringProxy
 from marketplace.ratelimit import create_rate_limiter
 from marketplace.schema import upgrade_schema
 from marketplace.settings import Settings, get_settings
+from providers.http import AiohttpClient, create_aiohttp_session
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,14 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
         limiter = create_rate_limiter(settings.redis_url, settings.redis_key_prefix)
-        async with httpx.AsyncClient(limits=limits, timeout=settings.upstream_timeout_s) as client:
+        session = create_aiohttp_session(
+            max_connections=settings.upstream_max_connections,
+            max_connections_per_host=settings.upstream_max_connections_per_host,
+            keepalive_s=settings.upstream_keepalive_s,
+        )
+        async with session:
+            client = AiohttpClient(session)
             app.state.proxy = proxy = MeteringProxy(db, settings, client, limiter)
             try:
                 yield
