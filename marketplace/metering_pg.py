@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from typing import Any
 
 import psycopg
 
+from marketplace import ledger, metering
 from marketplace.metering_batch import (
     Batch,
     MeteringBatcher,
+    OpenRequest,
     Operation,
     Pending,
     account_specs,
+    owner_of,
     resolve_pending,
     spend_key_of,
 )
@@ -118,10 +122,18 @@ WITH new_generations AS (
       %(a_credits_posted)s::bigint[], %(a_credits_pending)s::bigint[])
     AS d(id, debits_posted, debits_pending, credits_posted, credits_pending)
   WHERE a.id = d.id
-  RETURNING 1
+  RETURNING a.id, a.credits_posted_nano_usd, a.debits_posted_nano_usd, a.debits_pending_nano_usd
 )
-SELECT (SELECT count(*) FROM new_generations), (SELECT count(*) FROM reopened), (SELECT count(*) FROM finished),
-       (SELECT count(*) FROM transfers), (SELECT count(*) FROM spent), (SELECT count(*) FROM moved)
+-- The accounts' new totals, then a row that checks every CTE's row count. A count that differs
+-- from the expected one fails the statement itself (the division is by zero then), so the write
+-- rolls back whole, without a round trip to compare the counts.
+SELECT id, credits_posted_nano_usd, debits_posted_nano_usd, debits_pending_nano_usd FROM moved
+UNION ALL
+SELECT 0, 1 / (
+  (SELECT count(*) FROM new_generations) = %(n_new)s AND (SELECT count(*) FROM reopened) = %(n_reopened)s
+  AND (SELECT count(*) FROM finished) = %(n_finished)s AND (SELECT count(*) FROM transfers) = %(n_transfers)s
+  AND (SELECT count(*) FROM spent) = %(n_spent)s AND (SELECT count(*) FROM moved) = %(n_moved)s
+)::int, 0, 0
 """
 
 
@@ -140,6 +152,13 @@ class PostgresBatcher(MeteringBatcher):
         self._closing = False
         self._connection: psycopg.AsyncConnection | None = None
         self._conninfo = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # The buyers' [credits_posted, debits_posted, debits_pending] as the last batch that
+        # touched them read or wrote them. Only a guess about the shared rows: see
+        # `_write_optimistically` for why a stale guess can never let a buyer overdraw.
+        self._balances: dict[int, list[int]] = {}
+        # Batches written in one statement, and optimistic writes the database refused.
+        self.optimistic = 0
+        self.stale = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -206,11 +225,57 @@ class PostgresBatcher(MeteringBatcher):
     async def _connect(self) -> psycopg.AsyncConnection:
         if self._connection is None or self._connection.closed:
             self._connection = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            # The statements are the same every batch and only their arrays' lengths change, so
+            # one generic plan serves them all; planning a custom plan for each batch cost about
+            # 0.1 ms per batch here.
+            await self._connection.execute("SET plan_cache_mode = force_generic_plan")
         return self._connection
 
     async def _write_batch(self, operations: list[Operation]) -> list[Any]:
         now = utcnow()
         connection = await self._connect()
+        outcomes = await self._write_optimistically(connection, operations, now)
+        if outcomes is not None:
+            self.optimistic += 1
+            return outcomes
+        return await self._write_locked(connection, operations, now)
+
+    async def _write_optimistically(self, connection: psycopg.AsyncConnection, operations: list[Operation], now: Any) -> list[Any] | None:
+        """Decide against the balances the last batches returned and write in one statement.
+
+        The balances may be stale when another process moved the same accounts since, so they
+        only ever admit holds: a batch that would refuse a hold goes the locked way, where the
+        current rows decide. Admitting one too many can never commit: the buyer's row would break
+        its CHECK constraint (debits posted and pending within credits posted), the statement
+        fails whole, and the batch goes the locked way. Returns None when the batch must go
+        that way; a hold that spends against a key's limit always does.
+        """
+        specs = account_specs(operations)
+        if any(name not in self._account_ids for name, *_ in specs):
+            return None
+        if any(isinstance(operation, OpenRequest) and spend_key_of(operation, now) is not None for operation in operations):
+            return None
+        ids = {name: self._account_ids[name] for name, *_ in specs}
+        buyers = [ids[name] for name, code, *_ in specs if code == "buyer"]
+        if any(buyer not in self._balances for buyer in buyers):
+            return None
+        balances = {buyer: list(self._balances[buyer]) for buyer in buyers}
+        batch = Batch(now, set(buyers))
+        # Settling and failing only release spend reservations; no decision reads these rows.
+        spend_rows: dict[tuple[int, str], list[int]] = collections.defaultdict(lambda: [0, 0])
+        outcomes = self._decide(batch, operations, ids, spend_rows, balances)
+        if any(isinstance(outcome, Exception) for outcome in outcomes):
+            return None
+        try:
+            moved = await self._write(connection, batch)
+        except psycopg.errors.CheckViolation:
+            self.stale += 1
+            return None
+        self._remember(moved)
+        return _correct_balances(operations, outcomes, balances, moved, ids)
+
+    async def _write_locked(self, connection: psycopg.AsyncConnection, operations: list[Operation], now: Any) -> list[Any]:
+        """Lock the batch's accounts, decide against their current rows, and write, in one transaction."""
         self._new_account_ids = {}
         outcomes: list[Any] = []
         try:
@@ -223,15 +288,22 @@ class PostgresBatcher(MeteringBatcher):
                 cursor = await connection.execute(_LOCK_ACCOUNTS, {"ids": list(ids.values()), "buyers": buyers})
                 buyer_ids = set(buyers)
                 balances = {row[0]: [row[1], row[2], row[3]] for row in await cursor.fetchall() if row[0] in buyer_ids}
+                self._remember({buyer: list(balance) for buyer, balance in balances.items()})
                 batch = Batch(now, buyer_ids)
                 outcomes = self._decide(batch, operations, ids, spend_rows, balances)
                 if all(isinstance(outcome, Exception) for outcome in outcomes):
                     raise _AllRefused
-                await self._write(connection, batch)
+                moved = await self._write(connection, batch)
         except _AllRefused:
             return outcomes
         self._account_ids.update(self._new_account_ids)
+        self._remember(moved)
         return outcomes
+
+    def _remember(self, balances: dict[int, list[int]]) -> None:
+        if len(self._balances) > 100_000:
+            self._balances.clear()
+        self._balances.update(balances)
 
     async def _account_ids_of(self, connection: psycopg.AsyncConnection, specs: list[tuple[str, str, int | None, bool]]) -> dict[str, int]:
         ids = {name: self._account_ids[name] for name, *_ in specs if name in self._account_ids}
@@ -256,7 +328,8 @@ class PostgresBatcher(MeteringBatcher):
         return {(row[0], row[1]): [row[2], row[3]] for row in await cursor.fetchall()}
 
     @staticmethod
-    async def _write(connection: psycopg.AsyncConnection, batch: Batch) -> None:
+    async def _write(connection: psycopg.AsyncConnection, batch: Batch) -> dict[int, list[int]]:
+        """Write the batch in one statement; return the new [credits_posted, debits_posted, debits_pending] of each account moved."""
         new, reopened, finished, transfers = batch.new_generations, batch.reopened_generations, batch.finished_generations, batch.transfers
         spend = [(key, period, reserved, spent) for (key, period), (reserved, spent) in sorted(batch.spend_deltas.items()) if reserved or spent]
         accounts = [(account_id, *deltas) for account_id, deltas in sorted(batch.account_deltas.items()) if any(deltas)]
@@ -283,11 +356,34 @@ class PostgresBatcher(MeteringBatcher):
             "a_credits_posted": [row[3] for row in accounts],
             "a_credits_pending": [row[4] for row in accounts],
         }
+        parameters.update(
+            n_new=len(new), n_reopened=len(reopened), n_finished=len(finished), n_transfers=len(transfers), n_spent=len(spend), n_moved=len(accounts)
+        )
         cursor = await connection.execute(_WRITE, parameters)
-        counts = await cursor.fetchone()
-        expected = (len(new), len(reopened), len(finished), len(transfers), len(spend), len(accounts))
-        if counts != expected:
-            raise RuntimeError(f"metering batch wrote {counts} rows (generations new, reopened, finished; transfers; spend; accounts), expected {expected}")
+        # Account ids start at 1, so id 0 is the row that checked the counts.
+        return {row[0]: [row[1], row[2], row[3]] for row in await cursor.fetchall() if row[0] != 0}
+
+
+def _correct_balances(
+    operations: list[Operation], outcomes: list[Any], guessed: dict[int, list[int]], moved: dict[int, list[int]], ids: dict[str, int]
+) -> list[Any]:
+    """Shift each settled call's balance by how far the guess was from the rows written.
+
+    Another process's writes since the guess move every balance of the batch by the same amount.
+    """
+    corrected = []
+    for operation, outcome in zip(operations, outcomes, strict=True):
+        if isinstance(outcome, metering.SettledCall):
+            buyer = ids[ledger.buyer_account_name(owner_of(operation))]
+            shift = _available(moved[buyer]) - _available(guessed[buyer]) if buyer in moved else 0
+            outcome = dataclasses.replace(outcome, balance_nano_usd=outcome.balance_nano_usd + shift)
+        corrected.append(outcome)
+    return corrected
+
+
+def _available(balance: list[int]) -> int:
+    credits_posted, debits_posted, debits_pending = balance
+    return credits_posted - debits_posted - debits_pending
 
 
 def _columns(prefix: str, rows: list[dict[str, Any]], names: dict[str, str]) -> dict[str, list[Any]]:

@@ -10,6 +10,7 @@ contains the credential.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -256,8 +257,12 @@ def _request_headers(api_key: str, *, streaming: bool) -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=1024)
 def _describe(url: str) -> str:
-    """Name an upstream by scheme, host and port only, because paths and queries may hold keys."""
+    """Name an upstream by scheme, host and port only, because paths and queries may hold keys.
+
+    Cached: every call names its upstream, and a marketplace has few distinct upstream URLs.
+    """
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:

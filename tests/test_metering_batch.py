@@ -13,7 +13,7 @@ from marketplace.errors import InsufficientBalance, RateLimited
 from marketplace.metering_batch import FailRequest, MeteringBatcher, OpenRequest, SettleRequest, create_batcher
 from marketplace.models import ApiKeySpend, Generation, LedgerAccount, LedgerTransfer
 from providers.usage import Usage
-from tests.test_ledger import count_transfers, create_caller, deposit, read_account, read_buyer, read_generation, read_totals
+from tests.test_ledger import count_transfers, create_caller, deposit, open_call, read_account, read_buyer, read_generation, read_totals
 
 
 def _open(generation_id: str, buyer_id: int, api_key_id: int, listing_id: int, hold: int, **extra) -> OpenRequest:
@@ -195,3 +195,56 @@ def test_close_commits_what_is_queued(db):
 
     assert call.hold_nano_usd == 1_000
     assert read_buyer(db, buyer_id).debits_pending_nano_usd == 1_000
+
+
+def test_a_stale_guess_never_lets_a_buyer_overdraw(db):
+    if not db.is_postgres:
+        pytest.skip("only the PostgreSQL writer decides against the balances it last saw")
+
+    async def scenario(batcher: MeteringBatcher) -> None:
+        buyer_id, api_key_id, supplier_id, listing_id = create_caller(db)
+        deposit(db, buyer_id, 100_000, "deposit-1")
+        batcher.start()
+        first = await batcher.open(_open("gen-1", buyer_id, api_key_id, listing_id, 10_000))
+        # Another process holds most of the rest; this writer still believes 90,000 is free.
+        open_call(db, "gen-other", buyer_id, api_key_id, listing_id, hold_nano_usd=85_000)
+
+        refused = (await _gather(batcher, [_open("gen-2", buyer_id, api_key_id, listing_id, 20_000)]))[0]
+
+        assert isinstance(refused, InsufficientBalance)
+        assert refused.message == "balance of 5000 nano-USD does not cover this call's hold of 20000 nano-USD; top up, or lower max_tokens"
+        assert batcher.stale == 1
+        assert read_buyer(db, buyer_id).debits_pending_nano_usd == 95_000
+        settled = await batcher.settle(_settle(first, supplier_id, 4_000))
+        assert settled.balance_nano_usd == 100_000 - 85_000 - 4_000
+        assert batcher.optimistic == 0
+        # Every account is known now and the guess is fresh: one statement, no locking read.
+        third = await batcher.open(_open("gen-3", buyer_id, api_key_id, listing_id, 1_000))
+        await batcher.settle(_settle(third, supplier_id, 1_000))
+        assert batcher.optimistic == 2
+        buyer = read_buyer(db, buyer_id)
+        assert (buyer.debits_posted_nano_usd, buyer.debits_pending_nano_usd) == (5_000, 85_000)
+        assert read_totals(db).balanced
+
+    run(db, scenario)
+
+
+def test_a_guess_that_refuses_is_checked_against_the_rows(db):
+    if not db.is_postgres:
+        pytest.skip("only the PostgreSQL writer decides against the balances it last saw")
+
+    async def scenario(batcher: MeteringBatcher) -> None:
+        buyer_id, api_key_id, _supplier_id, listing_id = create_caller(db)
+        deposit(db, buyer_id, 10_000, "deposit-1")
+        batcher.start()
+        await batcher.open(_open("gen-1", buyer_id, api_key_id, listing_id, 8_000))
+        # A deposit this writer has not seen: its guess says 2,000 is free.
+        deposit(db, buyer_id, 50_000, "deposit-2")
+
+        call = await batcher.open(_open("gen-2", buyer_id, api_key_id, listing_id, 20_000))
+
+        assert call.hold_nano_usd == 20_000
+        assert batcher.optimistic == 0
+        assert read_buyer(db, buyer_id).debits_pending_nano_usd == 28_000
+
+    run(db, scenario)
