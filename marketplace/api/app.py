@@ -86,4 +86,5 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     for module in (routes_accounts, routes_market, routes_deposits, routes_proxy, routes_anthropic, routes_audit):
         app.include_router(module.router)
+    app.add_middleware(routes_proxy.ChatCompletionsFastPath, error_response=_error_response)
     return app
