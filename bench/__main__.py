@@ -124,7 +124,7 @@ class Run:
         if profile:
             # A separate pass, so that the profiler's cost stays out of the figures above.
             profiler = self._start_profiler(target)
-            run_wrk(target.endpoint, target.body(False), target.headers, connections=16, requests=self.args.requests)
+            run_wrk(target.endpoint, target.body(os.environ.get("BENCH_PROFILE_STREAM") == "1"), target.headers, connections=16, requests=self.args.requests)
             self._stop_profiler(profiler)
 
     def _record(self, target: Target, mode: str, load: str, result: LoadResult) -> None:

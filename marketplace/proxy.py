@@ -41,11 +41,9 @@ logger = logging.getLogger(__name__)
 # of the serialized messages bounds their token count; chat templates add a few tokens per message.
 TEMPLATE_TOKENS_PER_MESSAGE = 8
 TEMPLATE_TOKENS_PER_REQUEST = 16
-# Worker threads that run the proxy's database transactions at once, per process. Every call's
-# transactions update the same shared ledger rows, so more threads only queue on those row locks
-# and on the GIL. On a 2-core machine 4 threads gave about 25% more calls per second than
-# anyio's default of 40 (measured with bench/, see docs/benchmarks.md). 4 stays below the
-# default pool size of 5 connections, so no transaction waits for a connection.
+# Worker threads for the proxy's remaining database reads (a model's listings, once per cache
+# period), per process. The metering writes go through the batcher instead
+# (marketplace/metering_batch.py). 4 stays below the default pool size of 5 connections.
 METERING_DB_THREADS = 4
 # Larger than any model's output limit, and small enough that costs stay far inside 64 bits.
 MAX_OUTPUT_TOKENS = 10_000_000
