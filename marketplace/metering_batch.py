@@ -737,6 +737,8 @@ def _transfer(
 
 
 def resolve_pending(pending: Pending, outcome: Any) -> None:
+    """Hand an operation's outcome to the caller waiting on it, from any thread."""
+
     def deliver() -> None:
         if pending.future.done():
             return
@@ -745,6 +747,14 @@ def resolve_pending(pending: Pending, outcome: Any) -> None:
         else:
             pending.future.set_result(outcome)
 
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is pending.loop:
+        # Already on the caller's loop: no wake-up through the loop's self-pipe.
+        deliver()
+        return
     try:
         pending.loop.call_soon_threadsafe(deliver)
     except RuntimeError:
