@@ -25,6 +25,14 @@ class InvalidRequest(ApiError):
     status_code = 400
 
 
+class PayloadTooLarge(ApiError):
+    status_code = 413
+
+
+class MethodNotAllowed(ApiError):
+    status_code = 405
+
+
 class Unauthorized(ApiError):
     status_code = 401
     error_type = "authentication_error"

@@ -114,7 +114,7 @@ def parse_chat_request(body: Any) -> ChatCompletionRequest:
     for index, message in enumerate(request.messages):
         if "role" not in message:
             raise InvalidRequest(f"messages.{index}.role is missing", param=f"messages.{index}.role")
-        if message["role"] not in MESSAGE_ROLES:
+        if not isinstance(message["role"], str) or message["role"] not in MESSAGE_ROLES:
             raise InvalidRequest(
                 f"messages.{index}.role {message['role']!r} is not one of {sorted(MESSAGE_ROLES)}", param=f"messages.{index}.role"
             )
@@ -467,7 +467,11 @@ class MeteringProxy:
                 adapter = get_adapter(listing.upstream_protocol)
                 try:
                     result = await adapter.complete(
-                        self.client, listing.upstream_base_url, self._credential(listing), opened.body, self.settings.upstream_timeout_s
+                        self.client,
+                        listing.upstream_base_url,
+                        self._credential(listing),
+                        opened.body,
+                        min(self.settings.upstream_timeout_s, self.settings.max_call_s),
                     )
                 except UpstreamError as exc:
                     await self._fail(opened, exc)
@@ -523,11 +527,14 @@ class MeteringProxy:
                 upstream = adapter.stream(
                     self.client, listing.upstream_base_url, self._credential(listing), opened.body, self.settings.upstream_timeout_s
                 )
+                deadline = time.monotonic() + self.settings.max_call_s
                 try:
-                    first = await upstream.__anext__()
+                    # Chunks before the first output (a role announcement, say) are held back:
+                    # a failure before output still costs nothing and falls back.
+                    leading = await self._leading_chunks(upstream, deadline)
                 except (UpstreamError, StopAsyncIteration) as caught:
                     await upstream.aclose()
-                    exc = caught if isinstance(caught, UpstreamError) else UpstreamError("bad_response", "upstream closed the stream before sending any chunk")
+                    exc = caught if isinstance(caught, UpstreamError) else UpstreamError("bad_response", "upstream closed the stream before sending any output")
                     await self._fail(opened, exc)
                     last_error = exc
                     if not should_fall_back(exc):
@@ -537,22 +544,38 @@ class MeteringProxy:
                     await self._abandon(opened)
                     raise
                 await self.health.record(listing.id, ok=True)
-                return self._relay(request, opened, first, upstream), generation_id
+                return self._relay(request, opened, leading, upstream, deadline), generation_id
         except BaseException:
             await self._release_reservations(key_reservations)
             raise
         await self._release_reservations(key_reservations)
         raise self._exhausted(request, last_error)
 
+    async def _leading_chunks(self, upstream: AsyncIterator[dict[str, Any]], deadline: float) -> list[dict[str, Any]]:
+        """Read chunks up to and including the first that carries output, usage or a finish."""
+        leading: list[dict[str, Any]] = []
+        while True:
+            chunk = await _next_before(upstream, deadline, self.settings.max_call_s)
+            leading.append(chunk)
+            choices = chunk.get("choices") or []
+            if chunk.get("usage") or any(_text_of_choice(choice) or choice.get("finish_reason") for choice in choices):
+                return leading
+
     async def _relay(
         self,
         request: ChatCompletionRequest,
         opened: OpenCall,
-        first: dict[str, Any],
+        leading: list[dict[str, Any]],
         upstream: AsyncIterator[dict[str, Any]],
+        deadline: float,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Relay upstream chunks and settle the call exactly once, however the stream ends."""
+        """Relay upstream chunks and settle the call exactly once, however the stream ends.
+
+        The stream is cut at `deadline`, before the call's hold can expire, and the call is
+        charged for what was delivered.
+        """
         call, listing = opened.call, opened.listing
+        first = leading[0]
         delivered: list[str] = []
         reported: Usage | None = None
         finished = False
@@ -567,8 +590,13 @@ class MeteringProxy:
                 )
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
-            yield first
-            async for chunk in upstream:
+            for chunk in leading:
+                yield chunk
+            while True:
+                try:
+                    chunk = await _next_before(upstream, deadline, self.settings.max_call_s)
+                except StopAsyncIteration:
+                    return
                 yield chunk
 
         try:
@@ -622,6 +650,17 @@ class MeteringProxy:
         except InvalidUsageError as exc:
             logger.warning("upstream usage is invalid; counting locally", extra={"generation_id": generation_id, "error": str(exc)})
             return None
+
+
+async def _next_before(upstream: AsyncIterator[dict[str, Any]], deadline: float, max_call_s: float) -> dict[str, Any]:
+    """The upstream's next chunk; an UpstreamError once the call would outlive its hold."""
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        with anyio.move_on_after(remaining):
+            return await upstream.__anext__()
+    raise UpstreamError(
+        "timeout", f"the call ran for its longest allowed time of {max_call_s:g} s (80% of TOKENPORT_HOLD_TTL_S) and was cut"
+    )
 
 
 async def openai_sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

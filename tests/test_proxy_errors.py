@@ -115,3 +115,75 @@ def test_invalid_body_gets_400(marketplace, buyer_key, body, message, param):
     assert response.json()["error"]["param"] == param
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert ledger_counts(marketplace.db) == before
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_get_400_and_write_nothing(marketplace, buyer_key, constant):
+    account_id, key = buyer_key
+    credit_without_chain(marketplace.db, account_id, 10**9)
+    before = ledger_counts(marketplace.db)
+    body = b'{"model": "deepseek/deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "temperature": ' + constant.encode() + b"}"
+
+    response = _post(marketplace, key, body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        f"request body contains {constant}, which JSON does not allow; send a finite number or null"
+    )
+    assert ledger_counts(marketplace.db) == before
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_the_limit_gets_413_and_writes_nothing(marketplace, buyer_key, chunked):
+    account_id, key = buyer_key
+    credit_without_chain(marketplace.db, account_id, 10**9)
+    before = ledger_counts(marketplace.db)
+    limit = marketplace.settings.max_request_bytes
+    assert limit == 32 * 1024 * 1024
+    oversized = b'{"model": "deepseek/deepseek-chat", "messages": [{"role": "user", "content": "' + b"a" * limit + b'"}]}'
+
+    def pieces():
+        for start in range(0, len(oversized), 1 << 20):
+            yield oversized[start : start + (1 << 20)]
+
+    response = httpx.post(
+        f"{marketplace.url}/v1/chat/completions",
+        content=pieces() if chunked else oversized,
+        headers={"authorization": f"Bearer {key}"},
+        timeout=60,
+        trust_env=False,
+    )
+
+    assert response.status_code == 413
+    assert response.json()["error"] == {
+        "message": f"request body is larger than {limit} bytes; shorten the prompt",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_too_large",
+    }
+    assert ledger_counts(marketplace.db) == before
+
+
+def test_a_role_that_is_not_a_string_gets_400(marketplace, buyer_key):
+    _account_id, key = buyer_key
+
+    response = _post(marketplace, key, {**GOOD_BODY, "messages": [{"role": ["user"], "content": "hi"}]})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages.0.role"
+    assert response.json()["error"]["message"] == (
+        "messages.0.role ['user'] is not one of ['assistant', 'developer', 'function', 'system', 'tool', 'user']"
+    )
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_other_methods_on_the_chat_path_get_an_openai_error(marketplace, method):
+    response = httpx.request(method, f"{marketplace.url}/v1/chat/completions", timeout=30, trust_env=False)
+
+    assert response.status_code == 405
+    assert response.json()["error"] == {
+        "message": f"{method} is not allowed on /v1/chat/completions; send a POST",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "method_not_allowed",
+    }

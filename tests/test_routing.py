@@ -201,3 +201,24 @@ def test_probe_reactivates_only_answering_listings(db, fresh_mock_upstream):
     with db.session() as session:
         assert session.get(Listing, broken["listing_id"]).status == "paused"
         assert session.get(Listing, healthy["listing_id"]).status == "active"
+
+
+@pytest.mark.parametrize("fault", ["disconnect_after:0", "malformed_sse"])
+def test_a_stream_that_fails_before_any_output_falls_back_for_free(db, fresh_mock_upstream, fault):
+    server, market = start_marketplace(db, [])
+    try:
+        client = market.client()
+        _two_suppliers(client, market.settings, fresh_mock_upstream, f"mock-1+{fault}")
+        account_id, key = _buyer(client, market.settings, db)
+        sdk = openai.OpenAI(base_url=f"{market.url}/v1", api_key=key, max_retries=0)
+
+        chunks = list(sdk.chat.completions.create(model="deepseek/deepseek-chat", messages=MESSAGES, max_tokens=12, stream=True))
+        upstream_models = [body["model"] for body in fresh_mock_upstream.stats()["last_bodies"]]
+    finally:
+        server.stop()
+
+    # The cheap listing sent its role chunk and then failed: only the dear listing is paid.
+    assert upstream_models == [f"mock-1+{fault}", "mock-1"]
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) != ""
+    assert chunks[-1].usage.model_extra["cost_nano_usd"] == 13_000
+    assert buyer_balance(db, account_id).posted_nano_usd == FUNDS_NANO_USD - 13_000

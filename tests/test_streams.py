@@ -153,3 +153,39 @@ def test_cached_and_reasoning_tokens_are_priced_once(marketplace, fresh_mock_ups
     # 3 uncached at 216000, 4 cached at 54000, 10 output (4 of them reasoning) at 880000.
     assert usage.model_extra["cost_nano_usd"] == (3 * 216_000 + 4 * 54_000 + 10 * 880_000) // 1000 == 9_664
     assert buyer_balance(marketplace.db, account_id).posted_nano_usd == FUNDS_NANO_USD - 9_664
+
+
+def test_a_stream_is_cut_before_its_hold_expires_and_charged_for_what_it_delivered(db, fresh_mock_upstream):
+    from tests.fixtures_app import start_marketplace
+
+    # A 2 s hold allows 1.6 s of streaming; the mock takes 300 ms per word, 3.6 s for all 12.
+    server, market = start_marketplace(db, [], hold_ttl_s=2)
+    try:
+        account_id, key = _setup(market, fresh_mock_upstream, "mock-1+chunk_delay_ms:300")
+        body = {"model": "deepseek/deepseek-chat", "messages": MESSAGES, "stream": True}
+        with httpx.stream("POST", f"{market.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30, trust_env=False) as response:
+            lines = [line for line in response.iter_lines() if line]
+    finally:
+        server.stop()
+
+    events = [json.loads(line[len("data: "):]) for line in lines if line != "data: [DONE]"]
+    delivered = "".join(event["choices"][0]["delta"].get("content") or "" for event in events if event.get("choices"))
+    errors = [event["error"] for event in events if "error" in event]
+    usage = events[-1]["usage"]
+    assert lines[-1] == "data: [DONE]"
+    assert errors == [
+        {
+            "message": "upstream failed: the call ran for its longest allowed time of 1.6 s (80% of TOKENPORT_HOLD_TTL_S) and was cut",
+            "type": "upstream_error",
+            "param": None,
+            "code": "upstream_timeout",
+        }
+    ]
+    # Some words arrived, not all, and exactly those are charged.
+    assert 0 < count_text_tokens(delivered) < len(REPLY_WORDS)
+    expected = cost(count_prompt_tokens(MESSAGES), count_text_tokens(delivered))
+    assert usage["cost_nano_usd"] == expected
+    generation = _wait_for_generation(db, lambda row: row.status != "pending")
+    assert (generation.status, generation.cost_nano_usd) == ("incomplete", expected)
+    assert buyer_balance(db, account_id).posted_nano_usd == FUNDS_NANO_USD - expected
+    assert buyer_balance(db, account_id).pending_debits_nano_usd == 0

@@ -34,7 +34,7 @@ def _error_response(request: Request, exc: ApiError) -> JSONResponse:
 
 
 def _internal_error_response(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error", extra={"path": request.url.path})
+    logger.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
     body = {"error": {"message": "internal error; the request was not completed", "type": "server_error", "param": None, "code": None}}
     return JSONResponse(body, status_code=500)
 

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from marketplace import usage
 from marketplace.api.deps import get_db, require_account, require_api_key
 from marketplace.db import Database
-from marketplace.errors import ApiError, InvalidRequest, NotFound
+from marketplace.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from marketplace.models import Generation
 from marketplace.proxy import Caller, MeteringProxy, openai_sse, parse_chat_request
 
@@ -21,10 +21,34 @@ router = APIRouter(prefix="/v1")
 GENERATION_HEADER = "x-tokenport-generation-id"
 
 
+async def _read_body(request: Request) -> bytes:
+    """Read the body, refusing it as soon as it passes `max_request_bytes`."""
+    limit = request.app.state.settings.max_request_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than {limit} bytes; shorten the prompt", code="request_too_large")
+
+
+def _reject_constant(name: str) -> None:
+    raise InvalidRequest(f"request body contains {name}, which JSON does not allow; send a finite number or null")
+
+
 async def _json_body(request: Request) -> object:
-    raw = await request.body()
+    raw = await _read_body(request)
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
@@ -68,11 +92,13 @@ class ChatCompletionsFastPath:
         self.error_response = error_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/chat/completions":
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
         try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} is not allowed on /v1/chat/completions; send a POST", code="method_not_allowed")
             response = await complete_chat(request, await require_api_key(request))
         except ApiError as exc:
             response = self.error_response(request, exc)
