@@ -84,6 +84,15 @@ def reconcile() -> None:
         raise typer.Exit(1)
 
 
+@app.command("expire-holds")
+def expire_holds() -> None:
+    """Release the holds that outlived their calls (a killed API process leaves them), once."""
+    from marketplace.tasks import expire_holds_task
+
+    released = expire_holds_task.apply().get()
+    console.print(f"released {released} expired holds")
+
+
 audit_app = typer.Typer(help="Verify settlement periods and inclusion proofs against the chain, with no database.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
