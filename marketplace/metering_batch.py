@@ -14,7 +14,9 @@ If a batch fails for any reason other than a refused hold (a hold the expiry swe
 a lost connection), it is rolled back and each of its operations is applied again on its own
 through those functions, so one bad operation never fails the others.
 
-One thread per process runs the batches; the event loop only queues operations and awaits them.
+This module holds the requests, the decisions and the SQLAlchemy writer, which runs the batches
+on one thread and serves SQLite. PostgreSQL gets the writer in `marketplace.metering_pg`, which
+runs on the event loop; `create_batcher` picks one.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ class Pending:
 
 @dataclass
 class Batch:
-    """What one batch writes, gathered while its operations are decided in order."""
+    """The rows one batch writes, gathered while its operations are decided in order."""
 
     now: dt.datetime
     # The buyer rows the batch locked before deciding anything.
