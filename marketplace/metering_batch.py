@@ -295,7 +295,12 @@ class ThreadedBatcher(MeteringBatcher):
                     stop = True
                     break
                 batch.append(item)
-            self._apply_batch(batch)
+            try:
+                self._apply_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
+                logger.exception("metering batch could not be applied", extra={"operations": len(batch)})
+                for pending in batch:
+                    resolve_pending(pending, exc)
             if stop:
                 return
 

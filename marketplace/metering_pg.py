@@ -198,7 +198,12 @@ class PostgresBatcher(MeteringBatcher):
                 await self._wakeup.wait()
                 continue
             batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
-            await self._apply_batch(batch)
+            try:
+                await self._apply_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
+                logger.exception("metering batch could not be applied", extra={"operations": len(batch)})
+                for pending in batch:
+                    resolve_pending(pending, exc)
 
     async def _apply_batch(self, batch: list[Pending]) -> None:
         try:

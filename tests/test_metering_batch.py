@@ -248,3 +248,30 @@ def test_a_guess_that_refuses_is_checked_against_the_rows(db):
         assert read_buyer(db, buyer_id).debits_pending_nano_usd == 28_000
 
     run(db, scenario)
+
+
+def test_the_writer_outlives_a_batch_that_raises(db, monkeypatch):
+    async def scenario(batcher: MeteringBatcher) -> None:
+        buyer_id, api_key_id, _supplier_id, listing_id = create_caller(db)
+        deposit(db, buyer_id, 100_000, "deposit-1")
+        real_apply = batcher._apply_batch
+        calls = []
+
+        def broken_once(batch):
+            calls.append(len(batch))
+            if len(calls) == 1:
+                raise RuntimeError("the batch broke")
+            return real_apply(batch)
+
+        monkeypatch.setattr(batcher, "_apply_batch", broken_once)
+        batcher.start()
+
+        failed = (await _gather(batcher, [_open("gen-1", buyer_id, api_key_id, listing_id, 1_000)]))[0]
+        call = await batcher.open(_open("gen-2", buyer_id, api_key_id, listing_id, 2_000))
+
+        assert isinstance(failed, RuntimeError)
+        assert str(failed) == "the batch broke"
+        assert call.hold_nano_usd == 2_000
+        assert read_buyer(db, buyer_id).debits_pending_nano_usd == 2_000
+
+    run(db, scenario)
