@@ -129,7 +129,7 @@ class SettledCall:
     balance_nano_usd: int
 
 
-def _elapsed_ms(started_at: dt.datetime, finished_at: dt.datetime) -> int:
+def elapsed_ms(started_at: dt.datetime, finished_at: dt.datetime) -> int:
     return int((finished_at - started_at).total_seconds() * 1000)
 
 
@@ -160,11 +160,11 @@ def settle_call(
             update(Generation)
             .where(Generation.id == call.generation_id)
             .values(
-                **_usage_values(usage),
+                **usage_values(usage),
                 cost_nano_usd=charged,
                 status=status,
                 error=error,
-                latency_ms=_elapsed_ms(call.started_at, finished_at),
+                latency_ms=elapsed_ms(call.started_at, finished_at),
                 finished_at=finished_at,
             )
             .returning(Generation.account_id, Generation.api_key_id, Generation.spend_period, Generation.hold_nano_usd)
@@ -219,7 +219,7 @@ def fail_call(db: Database, call: OpenedCall, *, error: str) -> None:
         _release_spend(session, generation, 0)
         generation.status = "failed"
         generation.error = error[:500]
-        generation.latency_ms = _elapsed_ms(call.started_at, finished_at)
+        generation.latency_ms = elapsed_ms(call.started_at, finished_at)
         generation.finished_at = finished_at
 
 
@@ -228,7 +228,7 @@ def _release_spend(session: Session, generation: Generation, charged_nano_usd: i
         spend.release(session, generation.api_key_id, generation.spend_period, generation.hold_nano_usd, charged_nano_usd)
 
 
-def _usage_values(usage: Usage) -> dict[str, int | bool]:
+def usage_values(usage: Usage) -> dict[str, int | bool]:
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,

@@ -527,7 +527,8 @@ def spend_key_of(operation: Operation, now: dt.datetime) -> tuple[int, str] | No
     return (call.api_key_id, call.spend_period)
 
 
-def _available(balance: list[int]) -> int:
+def available_nano_usd(balance: list[int]) -> int:
+    """Return what a buyer may still spend, from [credits_posted, debits_posted, debits_pending]."""
     credits_posted, debits_posted, debits_pending = balance
     return credits_posted - debits_posted - debits_pending
 
@@ -555,7 +556,7 @@ def decide_open(
                 code="spend_limit_exceeded",
             )
     balance = balances[buyer]
-    available = _available(balance)
+    available = available_nano_usd(balance)
     if hold > available:
         return InsufficientBalance(
             f"balance of {available} nano-USD does not cover this call's hold of {hold} nano-USD; top up, or lower max_tokens",
@@ -644,7 +645,7 @@ def decide_settle(
         batch.transfers.append(_transfer(transfer_id, clearing, credit, amount, code, batch.now, reference=call.generation_id))
         batch.move(clearing, 0, amount)
         batch.move(credit, 2, amount)
-    return metering.SettledCall(operation.cost_nano_usd, charged, _available(balance))
+    return metering.SettledCall(operation.cost_nano_usd, charged, available_nano_usd(balance))
 
 
 def decide_fail(
@@ -661,11 +662,11 @@ def decide_fail(
     batch.finished_generations.append(
         {
             "b_id": call.generation_id,
-            **_usage_columns(Usage(prompt_tokens=0, completion_tokens=0)),
+            **metering.usage_values(Usage(prompt_tokens=0, completion_tokens=0)),
             "cost_nano_usd": 0,
             "status": "failed",
             "error": operation.error[:500],
-            "latency_ms": _elapsed_ms(call.started_at, batch.now),
+            "latency_ms": metering.elapsed_ms(call.started_at, batch.now),
             "finished_at": batch.now,
         }
     )
@@ -680,11 +681,11 @@ def _finish(batch: Batch, usage: Usage, call: metering.OpenedCall, charged: int,
     batch.finished_generations.append(
         {
             "b_id": call.generation_id,
-            **_usage_columns(usage),
+            **metering.usage_values(usage),
             "cost_nano_usd": charged,
             "status": status,
             "error": error,
-            "latency_ms": _elapsed_ms(call.started_at, batch.now),
+            "latency_ms": metering.elapsed_ms(call.started_at, batch.now),
             "finished_at": batch.now,
         }
     )
@@ -699,21 +700,6 @@ def _release_spend(
     row[0] -= held
     row[1] += charged
     batch.spend(spend_key, -held, charged)
-
-
-def _usage_columns(usage: Usage) -> dict[str, int | bool]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "cached_prompt_tokens": usage.cached_prompt_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "usage_estimated": usage.estimated,
-    }
-
-
-def _elapsed_ms(started_at: dt.datetime, finished_at: dt.datetime) -> int:
-    return int((finished_at - started_at).total_seconds() * 1000)
 
 
 def _transfer(

@@ -35,6 +35,7 @@ from marketplace.metering_batch import (
     Operation,
     Pending,
     account_specs,
+    available_nano_usd,
     owner_of,
     resolve_pending,
     spend_key_of,
@@ -383,15 +384,10 @@ def _correct_balances(
     for operation, outcome in zip(operations, outcomes, strict=True):
         if isinstance(outcome, metering.SettledCall):
             buyer = ids[ledger.buyer_account_name(owner_of(operation))]
-            shift = _available(moved[buyer]) - _available(guessed[buyer]) if buyer in moved else 0
+            shift = available_nano_usd(moved[buyer]) - available_nano_usd(guessed[buyer]) if buyer in moved else 0
             outcome = dataclasses.replace(outcome, balance_nano_usd=outcome.balance_nano_usd + shift)
         corrected.append(outcome)
     return corrected
-
-
-def _available(balance: list[int]) -> int:
-    credits_posted, debits_posted, debits_pending = balance
-    return credits_posted - debits_posted - debits_pending
 
 
 def _json(rows: list[dict[str, Any]]) -> str:
