@@ -225,7 +225,7 @@ class MeteringBatcher:
 
 
 def account_specs(operations: list[Operation]) -> list[tuple[str, str, int | None, bool]]:
-    """The ledger accounts a batch touches: (name, code, owner account id, constrained), buyers first."""
+    """List the ledger accounts a batch touches as (name, code, owner account id, constrained), buyers first."""
     specs: list[tuple[str, str, int | None, bool]] = [
         (ledger.buyer_account_name(owner), "buyer", owner, True) for owner in sorted({owner_of(operation) for operation in operations})
     ]
@@ -241,7 +241,7 @@ def account_specs(operations: list[Operation]) -> list[tuple[str, str, int | Non
 
 
 def create_batcher(db: Database, **options: Any) -> MeteringBatcher:
-    """The PostgreSQL writer runs on the event loop; any other database gets a writer thread."""
+    """Create the writer for this database: on the event loop for PostgreSQL, on a thread otherwise."""
     if db.is_postgres:
         from marketplace.metering_pg import PostgresBatcher
 

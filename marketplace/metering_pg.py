@@ -5,10 +5,10 @@ round trip, and each time it waits behind the busy event loop: on a thread, a ba
 took 9.5 ms at the median, most of it waiting. It talks to psycopg directly, with fixed
 statements that psycopg prepares once. A batch is written one of two ways:
 
-- in one statement, when the buyers' balances that earlier batches returned admit every hold:
-  data-modifying CTEs insert and update every row, reading each table's rows from one JSON
-  parameter with `jsonb_to_recordset`, in autocommit (see `_write_optimistically` for why a
-  stale balance can never let a buyer overdraw);
+- in one statement, when the buyers' balances that earlier batches returned admit every hold.
+  Data-modifying CTEs insert and update every row in autocommit, and each table's rows arrive
+  as one JSON parameter read with `jsonb_to_recordset`. `_write_optimistically` explains why a
+  stale balance can never let a buyer overdraw.
 - otherwise in a transaction: BEGIN, SELECT ... FOR UPDATE of the batch's accounts, decisions
   against those rows, the same writing statement, COMMIT.
 

@@ -653,7 +653,7 @@ class MeteringProxy:
 
 
 async def _next_before(upstream: AsyncIterator[dict[str, Any]], deadline: float, max_call_s: float) -> dict[str, Any]:
-    """The upstream's next chunk; an UpstreamError once the call would outlive its hold."""
+    """Return the upstream's next chunk, or raise UpstreamError once the call would outlive its hold."""
     remaining = deadline - time.monotonic()
     if remaining > 0:
         with anyio.move_on_after(remaining):

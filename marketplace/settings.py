@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     # made through this process is seen at once; one made through another process within this.
     listing_cache_ttl_s: float = Field(default=1.0, ge=0)
     # The largest request body the proxy reads, in bytes. A longer one gets a 413 before it is
-    # parsed. 32 MiB holds a full long-context prompt with images as data URLs.
+    # parsed. 32 MiB fits a long-context prompt with images as data URLs.
     max_request_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
 
     # Supplier payouts: a supplier whose available earnings reach the threshold is paid on the
@@ -155,8 +155,8 @@ class Settings(BaseSettings):
 
     @property
     def max_call_s(self) -> float:
-        """The longest a call may run: 80% of its hold's lifetime, so the expiry sweep never
-        releases the hold of a call that is still streaming."""
+        """Return the maximum duration of a call: 80% of its hold's lifetime, so the expiry sweep
+        never releases the hold of a call that is still streaming."""
         return self.hold_ttl_s * 0.8
 
     def chain(self, chain_id: int) -> ChainSettings:

@@ -27,7 +27,7 @@ def _prices(proxy: MeteringProxy) -> list[int]:
     return [listing.offer_input_micro_usd_per_mtok for listing, _supplier in rows]
 
 
-def test_a_write_through_this_process_is_seen_at_once(db):
+def test_cache_drops_on_local_write(db):
     _buyer, _key, _supplier, listing_id = create_caller(db)
     proxy = _proxy(db, ttl_s=3600)
     assert _prices(proxy) == [216_000]
@@ -43,7 +43,7 @@ def test_a_write_through_this_process_is_seen_at_once(db):
     asyncio.run(proxy.close())
 
 
-def test_a_write_outside_the_orm_is_seen_after_the_ttl(db):
+def test_cache_keeps_remote_write_until_ttl(db):
     _buyer, _key, _supplier, listing_id = create_caller(db)
     cached = _proxy(db, ttl_s=3600)
     uncached = _proxy(db, ttl_s=0)

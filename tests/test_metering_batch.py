@@ -45,7 +45,7 @@ async def _gather(batcher: MeteringBatcher, requests: list) -> list:
 
 
 def run(db, scenario) -> None:
-    """Run `scenario(batcher)` on one event loop with a writer that starts when told, then close it."""
+    """Run `scenario(batcher)` on one event loop with a writer that starts on `start()`, then close it."""
 
     async def main() -> None:
         writer = create_batcher(db, autostart=False)
@@ -62,7 +62,7 @@ def test_each_database_gets_its_writer(db):
     assert type(writer).__name__ == ("PostgresBatcher" if db.is_postgres else "ThreadedBatcher")
 
 
-def test_parallel_holds_stop_at_the_balance_and_settle_exactly(db):
+def test_batch_holds_stop_at_balance(db):
     async def scenario(batcher: MeteringBatcher) -> None:
         buyer_id, api_key_id, supplier_id, listing_id = create_caller(db)
         deposit(db, buyer_id, 100_000, "deposit-1")
@@ -133,7 +133,7 @@ def test_spend_limit_is_checked_in_queue_order(db):
     run(db, scenario)
 
 
-def test_a_hold_resolved_by_the_sweep_fails_alone(db):
+def test_batch_swept_hold_fails_alone(db):
     async def scenario(batcher: MeteringBatcher) -> None:
         buyer_id, api_key_id, supplier_id, listing_id = create_caller(db)
         deposit(db, buyer_id, 100_000, "deposit-1")
@@ -159,7 +159,7 @@ def test_a_hold_resolved_by_the_sweep_fails_alone(db):
     run(db, scenario)
 
 
-def test_a_batch_of_refused_holds_writes_nothing(db):
+def test_batch_rejected_holds_write_nothing(db):
     async def scenario(batcher: MeteringBatcher) -> None:
         buyer_id, api_key_id, _supplier_id, listing_id = create_caller(db)
         deposit(db, buyer_id, 999, "deposit-1")
@@ -197,7 +197,7 @@ def test_close_commits_what_is_queued(db):
     assert read_buyer(db, buyer_id).debits_pending_nano_usd == 1_000
 
 
-def test_a_stale_guess_never_lets_a_buyer_overdraw(db):
+def test_stale_balance_never_overdraws(db):
     if not db.is_postgres:
         pytest.skip("only the PostgreSQL writer decides against the balances it last saw")
 
@@ -229,7 +229,7 @@ def test_a_stale_guess_never_lets_a_buyer_overdraw(db):
     run(db, scenario)
 
 
-def test_a_guess_that_refuses_is_checked_against_the_rows(db):
+def test_low_balance_guess_rechecked_under_lock(db):
     if not db.is_postgres:
         pytest.skip("only the PostgreSQL writer decides against the balances it last saw")
 
@@ -238,7 +238,7 @@ def test_a_guess_that_refuses_is_checked_against_the_rows(db):
         deposit(db, buyer_id, 10_000, "deposit-1")
         batcher.start()
         await batcher.open(_open("gen-1", buyer_id, api_key_id, listing_id, 8_000))
-        # A deposit this writer has not seen: its guess says 2,000 is free.
+        # A deposit this writer has not seen: its remembered balance shows 2,000 available.
         deposit(db, buyer_id, 50_000, "deposit-2")
 
         call = await batcher.open(_open("gen-2", buyer_id, api_key_id, listing_id, 20_000))
@@ -250,7 +250,7 @@ def test_a_guess_that_refuses_is_checked_against_the_rows(db):
     run(db, scenario)
 
 
-def test_the_writer_outlives_a_batch_that_raises(db, monkeypatch):
+def test_writer_survives_raising_batch(db, monkeypatch):
     async def scenario(batcher: MeteringBatcher) -> None:
         buyer_id, api_key_id, _supplier_id, listing_id = create_caller(db)
         deposit(db, buyer_id, 100_000, "deposit-1")

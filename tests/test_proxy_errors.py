@@ -134,7 +134,7 @@ def test_non_finite_numbers_get_400_and_write_nothing(marketplace, buyer_key, co
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_a_body_over_the_limit_gets_413_and_writes_nothing(marketplace, buyer_key, chunked):
+def test_oversized_body_gets_413(marketplace, buyer_key, chunked):
     account_id, key = buyer_key
     credit_without_chain(marketplace.db, account_id, 10**9)
     before = ledger_counts(marketplace.db)
@@ -164,7 +164,7 @@ def test_a_body_over_the_limit_gets_413_and_writes_nothing(marketplace, buyer_ke
     assert ledger_counts(marketplace.db) == before
 
 
-def test_a_role_that_is_not_a_string_gets_400(marketplace, buyer_key):
+def test_non_string_role_gets_400(marketplace, buyer_key):
     _account_id, key = buyer_key
 
     response = _post(marketplace, key, {**GOOD_BODY, "messages": [{"role": ["user"], "content": "hi"}]})
@@ -177,7 +177,7 @@ def test_a_role_that_is_not_a_string_gets_400(marketplace, buyer_key):
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
-def test_other_methods_on_the_chat_path_get_an_openai_error(marketplace, method):
+def test_other_methods_get_405(marketplace, method):
     response = httpx.request(method, f"{marketplace.url}/v1/chat/completions", timeout=30, trust_env=False)
 
     assert response.status_code == 405

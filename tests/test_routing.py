@@ -204,7 +204,7 @@ def test_probe_reactivates_only_answering_listings(db, fresh_mock_upstream):
 
 
 @pytest.mark.parametrize("fault", ["disconnect_after:0", "malformed_sse"])
-def test_a_stream_that_fails_before_any_output_falls_back_for_free(db, fresh_mock_upstream, fault):
+def test_stream_failing_before_output_falls_back(db, fresh_mock_upstream, fault):
     server, market = start_marketplace(db, [])
     try:
         client = market.client()
